@@ -1,0 +1,79 @@
+//! `tarn bench`: measures tarn and prints one line per figure,
+//! `<area>.<metric> <value> <unit>`, so scripts and notes can quote them.
+//!
+//! Each workload runs in batches until it has run for the requested time
+//! (after a short warm-up); the figure is units done over wall time spent.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use tarn_core::workload::{BlindWrites, Fanout, ReadModifyWrite, Workload};
+
+/// Arguments of `tarn bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    area: Area,
+    /// How long to run each workload, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    duration_ms: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Area {
+    /// The pure commit engine (tarn-core), one thread, no I/O.
+    Core,
+}
+
+/// Runs the benchmarks of one area.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let duration = Duration::from_millis(args.duration_ms.max(1));
+    match args.area {
+        Area::Core => {
+            let mut workloads: Vec<Box<dyn Workload>> = vec![
+                Box::new(BlindWrites::new()),
+                Box::new(ReadModifyWrite::new()),
+                Box::new(Fanout::new()),
+            ];
+            for w in &mut workloads {
+                let m = measure(w.as_mut(), duration);
+                println!("core.{} {:.0} {}", w.metric(), m.units_per_sec, w.unit());
+                if w.metric() != "fanout_deliveries_per_sec" {
+                    println!(
+                        "core.{}_mean_us {:.3} us",
+                        w.metric().trim_end_matches("_per_sec"),
+                        m.us_per_op
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Measurement {
+    units_per_sec: f64,
+    us_per_op: f64,
+}
+
+fn measure(w: &mut dyn Workload, duration: Duration) -> Measurement {
+    const BATCH: u64 = 1_000;
+    // Warm up: caches, allocator, the history reaching its steady size.
+    let warm = Instant::now();
+    while warm.elapsed() < duration / 4 {
+        w.run(BATCH);
+    }
+    let start = Instant::now();
+    let (mut ops, mut units) = (0u64, 0u64);
+    while start.elapsed() < duration {
+        units += w.run(BATCH);
+        ops += BATCH;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Measurement {
+        units_per_sec: units as f64 / secs,
+        us_per_op: secs * 1e6 / ops as f64,
+    }
+}
