@@ -1,0 +1,51 @@
+//! `tarn bench core` prints one line per figure, `core.<metric> <value> <unit>`.
+
+use std::process::Command;
+
+#[test]
+fn bench_core_prints_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "core", "--duration-ms", "40"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut metrics = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            parts.len(),
+            3,
+            "line {line:?} is not `<metric> <value> <unit>`"
+        );
+        assert!(parts[0].starts_with("core."), "{line}");
+        let value: f64 = parts[1].parse().unwrap();
+        assert!(value > 0.0, "{line}: a benchmark that did nothing");
+        metrics.push(parts[0].to_string());
+    }
+    for want in [
+        "core.commits_per_sec",
+        "core.txn_commits_per_sec",
+        "core.fanout_deliveries_per_sec",
+    ] {
+        assert!(
+            metrics.iter().any(|m| m == want),
+            "missing {want} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "nosuch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'nosuch'"), "{err}");
+}

@@ -1,0 +1,4 @@
+//! Integration tests of the `tarn` binary: each runs the real executable.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod bench;
