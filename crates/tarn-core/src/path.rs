@@ -214,8 +214,10 @@ impl Path {
         Ok(path)
     }
 
-    /// Checks depth, length and every key against `limits` (a path made
-    /// under looser limits may not fit tighter ones).
+    /// Checks depth, length and every key's length against `limits` (a
+    /// path made under looser limits may not fit tighter ones). The
+    /// characters need no second look: a `Key` cannot hold a `/`, a control
+    /// character or nothing, whatever the limits.
     pub fn check(&self, limits: &PathLimits) -> Result<(), PathError> {
         if self.keys.len() > limits.max_depth {
             return Err(PathError::TooDeep {
@@ -223,15 +225,23 @@ impl Path {
                 max: limits.max_depth,
             });
         }
-        let len = self.byte_len();
+        let mut len = self.keys.len().saturating_sub(1);
+        for (index, key) in self.keys.iter().enumerate() {
+            let key_len = key.as_str().len();
+            if key_len > limits.max_key_bytes {
+                return Err(PathError::KeyTooLong {
+                    index,
+                    len: key_len,
+                    max: limits.max_key_bytes,
+                });
+            }
+            len += key_len;
+        }
         if len > limits.max_path_bytes {
             return Err(PathError::TooLong {
                 len,
                 max: limits.max_path_bytes,
             });
-        }
-        for (index, key) in self.keys.iter().enumerate() {
-            check_key(key.as_str(), index, limits)?;
         }
         Ok(())
     }

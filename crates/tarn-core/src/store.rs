@@ -384,17 +384,20 @@ impl Store {
             }
         }
         if changes.len() > 1 {
-            // Keep the last change per path: stable sort, then keep the
-            // final element of each run of equal paths.
-            changes.sort_by(|a, b| a.path.cmp(&b.path));
-            let mut deduped: Vec<Change> = Vec::with_capacity(changes.len());
-            for change in changes {
-                match deduped.last_mut() {
-                    Some(last) if last.path == change.path => *last = change,
-                    _ => deduped.push(change),
-                }
+            // One change per path, the last one written: a stable sort
+            // keeps each path's changes in write order, then each run of
+            // equal paths collapses onto its first slot with the last
+            // value.
+            if !changes.is_sorted_by(|a, b| a.path < b.path) {
+                changes.sort_by(|a, b| a.path.cmp(&b.path));
+                changes.dedup_by(|later, kept| {
+                    let same = later.path == kept.path;
+                    if same {
+                        std::mem::swap(&mut later.value, &mut kept.value);
+                    }
+                    same
+                });
             }
-            changes = deduped;
         }
         changes
     }
@@ -489,11 +492,17 @@ impl Store {
     /// Writes a leaf (`Some`) at `path` with the tree rules, or deletes
     /// everything at and under it (`None`).
     fn write(&mut self, path: &Path, time: Time, leaf: Option<&Value>, changes: &mut Vec<Change>) {
-        let mut pushed = Vec::new();
-        write_rec(&mut self.root, path, 0, time, leaf, changes, &mut pushed);
-        self.versions += pushed.len() as u64;
-        self.compaction_queue
-            .extend(pushed.into_iter().map(|path| (time, path)));
+        let before = self.compaction_queue.len();
+        write_rec(
+            &mut self.root,
+            path,
+            0,
+            time,
+            leaf,
+            changes,
+            &mut self.compaction_queue,
+        );
+        self.versions += (self.compaction_queue.len() - before) as u64;
     }
 }
 
@@ -507,7 +516,7 @@ fn write_rec(
     time: Time,
     leaf: Option<&Value>,
     changes: &mut Vec<Change>,
-    pushed: &mut Vec<Path>,
+    pushed: &mut VecDeque<(Time, Path)>,
 ) -> i64 {
     let delta = if depth == path.depth() {
         let mut delta = 0;
@@ -524,7 +533,7 @@ fn write_rec(
             let (own, was_pushed) = node.put(time, leaf.cloned());
             delta += own;
             if was_pushed {
-                pushed.push(path.clone());
+                pushed.push_back((time, path.clone()));
             }
             changes.push(Change {
                 path: path.clone(),
@@ -540,7 +549,7 @@ fn write_rec(
             delta += own;
             let here = path.prefix(depth);
             if was_pushed {
-                pushed.push(here.clone());
+                pushed.push_back((time, here.clone()));
             }
             changes.push(Change {
                 path: here,
@@ -573,14 +582,14 @@ fn delete_live(
     path: &Path,
     time: Time,
     changes: &mut Vec<Change>,
-    pushed: &mut Vec<Path>,
+    pushed: &mut VecDeque<(Time, Path)>,
 ) -> i64 {
     let mut delta = 0;
     if node.own_live() {
         let (own, was_pushed) = node.put(time, None);
         delta += own;
         if was_pushed {
-            pushed.push(path.clone());
+            pushed.push_back((time, path.clone()));
         }
         changes.push(Change {
             path: path.clone(),

@@ -15,9 +15,8 @@
 //! This module does not send anything; the server turns deliveries into
 //! messages, coalesced per connection.
 
+use std::collections::HashMap;
 use std::ops::Range;
-
-use rustc_hash::FxHashMap;
 
 use crate::path::{Key, Path};
 use crate::store::Change;
@@ -64,7 +63,9 @@ pub enum WatchError {
 
 #[derive(Debug, Default)]
 struct WatchNode {
-    children: FxHashMap<Key, WatchNode>,
+    /// std's hasher (randomly keyed): watch paths are chosen by clients,
+    /// so the index must not be open to hash flooding.
+    children: HashMap<Key, WatchNode>,
     exact: Vec<u32>,
     subtree: Vec<u32>,
 }
