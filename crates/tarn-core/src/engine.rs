@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::path::{Path, PathLimits};
-use crate::store::{Change, LeafOp, Stale, Store};
+use crate::store::{Change, LeafOp, ReplayError, Stale, Store};
 use crate::time::{Hlc, NodeId, Time};
 use crate::txn::{
     ClientId, InvalidTxn, Outcome, Read, Rejection, Seen, Txn, TxnError, TxnId, TxnLimits, Write,
@@ -167,7 +167,6 @@ impl Engine {
         self.check_id(txn)?;
         self.check_shape(txn)?;
         let ops = self.prepare_writes(&txn.writes)?;
-        self.check_dependencies(txn)?;
         self.check_reads(txn)?;
 
         let time = self.hlc.now(wall_ms);
@@ -183,7 +182,10 @@ impl Engine {
 
     fn check_id(&self, txn: &Txn) -> Result<(), InvalidTxn> {
         let needs_id = !txn.depends_on.is_empty()
-            || txn.reads.iter().any(|r| matches!(r.seen, Seen::Pending(_)));
+            || txn
+                .reads
+                .iter()
+                .any(|r| matches!(r.seen, Seen::Pending { .. }));
         let Some(id) = txn.id else {
             return if needs_id {
                 Err(InvalidTxn::MissingId)
@@ -322,18 +324,6 @@ impl Engine {
         Ok(ops)
     }
 
-    fn check_dependencies(&self, txn: &Txn) -> Result<(), TxnError> {
-        let Some(id) = txn.id else { return Ok(()) };
-        let pending_reads = txn.reads.iter().filter_map(|r| match r.seen {
-            Seen::Pending(on) => Some(on),
-            Seen::At(_) => None,
-        });
-        for on in txn.depends_on.iter().copied().chain(pending_reads) {
-            self.dependency_outcome(id, on)?;
-        }
-        Ok(())
-    }
-
     /// The commit time of dependency `on` of transaction `id`, or why the
     /// dependency fails `id`.
     fn dependency_outcome(&self, id: TxnId, on: TxnId) -> Result<Time, TxnError> {
@@ -347,39 +337,62 @@ impl Engine {
         match log.and_then(|l| l.outcome(on.seq)) {
             Some(Outcome::Committed(time)) => Ok(time),
             Some(Outcome::Rejected) => Err(Rejection::Dependency { on }.into()),
-            None => match log.and_then(|l| l.last_seq) {
-                Some(last) if on.seq <= last => Err(Rejection::DependencyForgotten { on }.into()),
+            // Not kept: forgotten if older than every outcome kept, else
+            // never submitted (skipped, or not yet sent).
+            None => match log.and_then(|l| l.outcomes.front()) {
+                Some((oldest, _)) if on.seq < *oldest => {
+                    Err(Rejection::DependencyForgotten { on }.into())
+                }
                 _ => Err(InvalidTxn::DependencyNotSubmitted { txn: id, on }.into()),
             },
         }
     }
 
     fn check_reads(&self, txn: &Txn) -> Result<(), TxnError> {
+        // Commit times of every dependency: the only writers a pending
+        // read may have seen since its base.
+        let mut allowed: Vec<Time> = Vec::new();
+        if let Some(id) = txn.id {
+            let pending = txn.reads.iter().filter_map(|r| match r.seen {
+                Seen::Pending { on, .. } => Some(on),
+                Seen::At(_) => None,
+            });
+            for on in txn.depends_on.iter().copied().chain(pending) {
+                allowed.push(self.dependency_outcome(id, on)?);
+            }
+        }
         for read in &txn.reads {
-            let seen = match (read.seen, txn.id) {
-                (Seen::At(time), _) => time,
-                (Seen::Pending(on), Some(id)) => self.dependency_outcome(id, on)?,
-                (Seen::Pending(_), None) => return Err(InvalidTxn::MissingId.into()),
+            let stale = match read.seen {
+                Seen::At(seen) => self.store.stale(&read.path, seen).map(|s| (seen, s)),
+                Seen::Pending { base, .. } => {
+                    if txn.id.is_none() {
+                        return Err(InvalidTxn::MissingId.into());
+                    }
+                    self.store
+                        .stale_except(&read.path, base, &allowed)
+                        .map(|s| (base, s))
+                }
             };
-            self.check_read(read, seen)?;
+            if let Some((seen, stale)) = stale {
+                return Err(self.rejection(read, seen, stale).into());
+            }
         }
         Ok(())
     }
 
-    fn check_read(&self, read: &Read, seen: Time) -> Result<(), Rejection> {
-        match self.store.stale(&read.path, seen) {
-            None => Ok(()),
-            Some(Stale::Compacted { floor }) => Err(Rejection::Compacted {
+    fn rejection(&self, read: &Read, seen: Time, stale: Stale) -> Rejection {
+        match stale {
+            Stale::Compacted { floor } => Rejection::Compacted {
                 path: read.path.clone(),
                 seen,
                 floor,
-            }),
-            Some(Stale::Newer(newer)) => Err(Rejection::Conflict {
+            },
+            Stale::Newer(newer) => Rejection::Conflict {
                 path: read.path.clone(),
                 kind: read.kind,
                 seen,
                 newer,
-            }),
+            },
         }
     }
 
@@ -433,11 +446,18 @@ impl Engine {
     /// Applies a commit recovered from a log, in time order, and moves the
     /// clock past it: after replaying the log, new commits are newer than
     /// everything in it, even if the wall clock went back. Returns the
-    /// deliveries for watchers registered meanwhile.
-    pub fn replay(&mut self, time: Time, changes: &[Change]) -> Vec<Delivery> {
-        self.store.replay(time, changes);
+    /// deliveries for watchers registered meanwhile. An out-of-order
+    /// commit is refused and changes nothing.
+    pub fn replay(&mut self, time: Time, changes: &[Change]) -> Result<Vec<Delivery>, ReplayError> {
+        self.store.replay(time, changes)?;
         self.hlc = Hlc::resume(self.config.node, time.max(self.hlc.last()));
-        self.watches.deliveries(changes)
+        Ok(self.watches.deliveries(changes))
+    }
+
+    /// Compacts history older than `horizon` (an explicit time, as when
+    /// history before an archive's cut was dropped on disk).
+    pub fn compact_to(&mut self, horizon: Time) {
+        self.store.compact(horizon);
     }
 }
 

@@ -25,7 +25,9 @@ pub mod workload;
 
 pub use engine::{Commit, Engine, EngineConfig, Retention};
 pub use path::{Key, Path, PathError, PathLimits};
-pub use store::{Change, HistoryError, Observed, ObservedKeys, Stale, Store, StoreStats, Version};
+pub use store::{
+    Change, HistoryError, Observed, ObservedKeys, ReplayError, Stale, Store, StoreStats, Version,
+};
 pub use time::{Hlc, HlcError, NodeId, Time};
 pub use txn::{
     ClientId, InvalidTxn, Outcome, Read, ReadKind, Rejection, Seen, Txn, TxnError, TxnId,

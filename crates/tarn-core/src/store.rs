@@ -92,6 +92,37 @@ pub enum HistoryError {
     },
 }
 
+/// Why a logged commit cannot be replayed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// A commit time not newer than the commit before it: the log is out
+    /// of order or damaged.
+    #[error(
+        "commit at {time} is not newer than the previous commit {newest}; the log is out of order or damaged"
+    )]
+    OutOfOrder {
+        /// The commit's time.
+        time: Time,
+        /// The newest time replayed before it.
+        newest: Time,
+    },
+    /// A commit time beyond the clock's range (year 10889).
+    #[error("commit time {time} is beyond the clock's range; the log is damaged")]
+    TimeOutOfRange {
+        /// The commit's time.
+        time: Time,
+    },
+    /// A commit's changes not strictly sorted by path (as every commit
+    /// writes them).
+    #[error("commit at {time} lists its changes out of order at '{path}'; the log is damaged")]
+    Unsorted {
+        /// The commit's time.
+        time: Time,
+        /// The first change out of order.
+        path: Path,
+    },
+}
+
 /// How a read has gone stale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stale {
@@ -301,6 +332,33 @@ impl Store {
         })
     }
 
+    /// Up to `limit` leaves at or under `prefix` that hold a value at time
+    /// `at` (`None`: now), in path order, starting after the path `after`
+    /// (`None`: from the start). Page through a large subtree by passing
+    /// the last path of one page as `after` of the next: each page costs
+    /// O(depth + page), so a long walk (export, backup) never holds a lock
+    /// for long.
+    pub fn leaves(
+        &self,
+        prefix: &Path,
+        at: Option<Time>,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<(Path, Version)>, HistoryError> {
+        if let Some(at) = at {
+            self.check_past(at)?;
+        }
+        let mut out = Vec::new();
+        if let Some(node) = self.root.get(prefix.keys()) {
+            let after = after.filter(|a| a.starts_with(prefix) || *a > prefix);
+            if after.is_some_and(|a| !a.starts_with(prefix)) {
+                return Ok(out); // `after` is past the whole subtree
+            }
+            collect_leaves(node, prefix, at, after, limit, &mut out);
+        }
+        Ok(out)
+    }
+
     /// The newest version time at or under `path` (`Time::ZERO` if
     /// nothing is known there). A read of `path` that saw an older time
     /// has missed a write.
@@ -323,6 +381,20 @@ impl Store {
             Some(node) => (node.subtree_max > seen).then_some(Stale::Newer(node.subtree_max)),
             None => (!seen.is_zero() && seen < self.floor)
                 .then_some(Stale::Compacted { floor: self.floor }),
+        }
+    }
+
+    /// Like [`Store::stale`] for a read of predicted writes: stale iff a
+    /// version at or under `path` newer than `base` was written at a time
+    /// not in `allowed` (the commit times of the reader's own
+    /// dependencies).
+    pub fn stale_except(&self, path: &Path, base: Time, allowed: &[Time]) -> Option<Stale> {
+        let compacted = !base.is_zero() && base < self.floor;
+        match self.root.get(path.keys()) {
+            None => compacted.then_some(Stale::Compacted { floor: self.floor }),
+            Some(node) if node.subtree_max <= base => None,
+            Some(_) if compacted => Some(Stale::Compacted { floor: self.floor }),
+            Some(node) => newest_except(node, base, allowed).map(Stale::Newer),
         }
     }
 
@@ -403,13 +475,30 @@ impl Store {
     }
 
     /// Applies the changes of one commit exactly as recorded (recovery
-    /// from a log). `time` must be newer than every commit applied before.
-    pub fn replay(&mut self, time: Time, changes: &[Change]) {
-        assert!(
-            time > self.newest,
-            "replayed commits must be in time order: {time} after {}",
-            self.newest
-        );
+    /// from a log). `time` must be newer than every commit applied before,
+    /// and `changes` sorted by path, one per path, as [`Store::apply`]
+    /// returns them. Recovery from a partial history (an archive plus a log
+    /// tail) must also restore the floor with [`Store::compact`], so reads
+    /// older than what was kept are refused rather than answered wrongly.
+    ///
+    /// The log is input from disk, so an out-of-order time is an error,
+    /// never a panic, and leaves the store unchanged.
+    pub fn replay(&mut self, time: Time, changes: &[Change]) -> Result<(), ReplayError> {
+        if time <= self.newest {
+            return Err(ReplayError::OutOfOrder {
+                time,
+                newest: self.newest,
+            });
+        }
+        if time.ms > Time::MAX_MS {
+            return Err(ReplayError::TimeOutOfRange { time });
+        }
+        if let Some(i) = changes.windows(2).position(|w| w[0].path >= w[1].path) {
+            return Err(ReplayError::Unsorted {
+                time,
+                path: changes[i + 1].path.clone(),
+            });
+        }
         self.newest = time;
         for change in changes {
             let pushed = put_exact(
@@ -423,6 +512,25 @@ impl Store {
                 self.compaction_queue.push_back((time, change.path.clone()));
             }
         }
+        Ok(())
+    }
+
+    /// Calls `f` with every path that has history and its versions
+    /// (oldest first), in path order. For checkpoints and backups.
+    pub fn visit_histories(&self, mut f: impl FnMut(&Path, &mut dyn Iterator<Item = &Version>)) {
+        fn visit(
+            node: &Node,
+            path: &Path,
+            f: &mut dyn FnMut(&Path, &mut dyn Iterator<Item = &Version>),
+        ) {
+            if !node.history.is_empty() {
+                f(path, &mut node.history.iter());
+            }
+            for (key, child) in &node.children {
+                visit(child, &path.with_key(key.clone()), f);
+            }
+        }
+        visit(&self.root, &Path::root(), &mut f);
     }
 
     /// Drops versions older than `horizon`, keeping per path the newest
@@ -714,6 +822,68 @@ fn assemble_at(node: &Node, at: Time, seen: &mut Time) -> Option<Value> {
         return Some(leaf.clone());
     }
     (!map.is_empty()).then_some(Value::Object(map))
+}
+
+/// The newest version time at or under `node` after `after` that is not
+/// in `allowed`.
+fn newest_except(node: &Node, after: Time, allowed: &[Time]) -> Option<Time> {
+    if node.subtree_max <= after {
+        return None;
+    }
+    let mut newest = node
+        .history
+        .iter()
+        .rev()
+        .take_while(|v| v.time > after)
+        .map(|v| v.time)
+        .find(|t| !allowed.contains(t));
+    for child in node.children.values() {
+        if let Some(t) = newest_except(child, after, allowed) {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest
+}
+
+fn collect_leaves(
+    node: &Node,
+    path: &Path,
+    at: Option<Time>,
+    after: Option<&Path>,
+    limit: usize,
+    out: &mut Vec<(Path, Version)>,
+) {
+    if out.len() >= limit || (at.is_none() && node.live == 0) {
+        return;
+    }
+    // Leaves strictly after `after`: this node itself only if `after` is
+    // not at or under it.
+    let following = after.filter(|a| a.starts_with(path));
+    if following.is_none() {
+        let version = match at {
+            None => node.history.back().filter(|v| v.value.is_some()),
+            Some(at) => node.version_at(at).filter(|v| v.value.is_some()),
+        };
+        if let Some(v) = version {
+            out.push((path.clone(), v.clone()));
+        }
+    }
+    let children: Box<dyn Iterator<Item = (&Key, &Node)>> = match following {
+        Some(a) if a.depth() > path.depth() => {
+            let key = &a.keys()[path.depth()];
+            Box::new(node.children.range::<Key, _>(key..))
+        }
+        // `after` is this node: all children follow it.
+        _ => Box::new(node.children.iter()),
+    };
+    for (key, child) in children {
+        if out.len() >= limit {
+            return;
+        }
+        let child_path = path.with_key(key.clone());
+        let child_after = following.filter(|a| a.starts_with(&child_path) && **a != *path);
+        collect_leaves(child, &child_path, at, child_after, limit, out);
+    }
 }
 
 fn collect_since(

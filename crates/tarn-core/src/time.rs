@@ -145,7 +145,9 @@ impl Hlc {
             self.last_logical = 0;
         } else if self.last_logical == u32::MAX {
             // 2^32 stamps in one millisecond: borrow the next millisecond.
-            self.last_ms += 1;
+            // (Saturating: only a `resume` from a time near u64::MAX, which
+            // no checked input reaches, could get there.)
+            self.last_ms = self.last_ms.saturating_add(1);
             self.last_logical = 0;
         } else {
             self.last_logical += 1;
@@ -160,8 +162,8 @@ impl Hlc {
     /// Takes in a stamp from another node, so later local stamps order
     /// after it. Refuses stamps too far ahead of `wall_ms`.
     pub fn observe(&mut self, remote: Time, wall_ms: u64) -> Result<(), HlcError> {
-        let ahead_ms = remote.ms.saturating_sub(wall_ms);
-        if ahead_ms > self.max_drift_ms {
+        let ahead_ms = remote.ms.saturating_sub(wall_ms.min(Time::MAX_MS));
+        if ahead_ms > self.max_drift_ms || remote.ms > Time::MAX_MS {
             return Err(HlcError::TooFarAhead {
                 remote,
                 ahead_ms,

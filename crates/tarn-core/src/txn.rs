@@ -46,9 +46,19 @@ pub enum Seen {
     /// (`Time::ZERO`: never written).
     At(Time),
     /// The predicted, not yet committed, writes of an earlier transaction
-    /// of the same client. The read is valid iff that transaction commits
-    /// and nothing newer than its commit was written to the path since.
-    Pending(TxnId),
+    /// `on` of the same client, laid over the committed version `base` the
+    /// client's cache held for the path. The read is valid iff `on`
+    /// commits and every version at or under the path newer than `base`
+    /// was written by one of this transaction's dependencies: a write by
+    /// anyone else since `base` invalidates it, even one that landed
+    /// before `on` did.
+    Pending {
+        /// The transaction whose predicted writes were read.
+        on: TxnId,
+        /// The committed version under the prediction (`Time::ZERO`:
+        /// never written).
+        base: Time,
+    },
 }
 
 /// What a read covers.

@@ -197,7 +197,7 @@ impl Value {
                     });
                 }
                 for (k, v) in map {
-                    if v.is_absent() {
+                    if matches!(v, Value::Null) {
                         continue;
                     }
                     let bad_key = |source| ValueError::BadKey {

@@ -32,7 +32,10 @@ pub struct WatchId {
 /// What a watcher matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WatchKind {
-    /// Changes at exactly the path (a leaf watch: positions, counters).
+    /// Changes at exactly the path: a leaf watch (positions, counters).
+    /// It does not hear changes under the path, so a path that holds (or
+    /// may come to hold) an object must be watched with `Subtree`, which is
+    /// what `watch(path)` of DESIGN §3 means.
     Exact,
     /// Changes at the path or anywhere under it (`prefix/**`).
     Subtree,
@@ -205,7 +208,7 @@ impl WatchIndex {
         self.commits += 1;
         let commit = self.commits;
         for (i, change) in changes.iter().enumerate() {
-            let i = u32::try_from(i).expect("a commit's changes are bounded by max_txn_leaves");
+            let i = u32::try_from(i).expect("a commit cannot hold 2^32 changes in memory");
             let mut node = &self.root;
             hit(&mut self.slots, &node.subtree, commit, i, &mut out);
             let mut reached = true;

@@ -338,7 +338,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // Rebuild from the log, as recovery does; open snapshots stay.
                 let mut fresh = Engine::new(config());
                 for c in &committed {
-                    fresh.replay(c.time, &c.changes);
+                    fresh.replay(c.time, &c.changes).unwrap();
                 }
                 prop_assert_eq!(
                     fresh.store().get(&Path::root()),

@@ -202,7 +202,7 @@ fn replay_rebuilds_the_same_store_and_clock() {
     }
     let mut r = engine_with_horizon(10 * MIN);
     for (time, changes) in &log {
-        r.replay(*time, changes);
+        r.replay(*time, changes).unwrap();
     }
     assert_eq!(r.store().get(&Path::root()), e.store().get(&Path::root()));
     assert_eq!(r.store().stats(), e.store().stats());
@@ -211,4 +211,89 @@ fn replay_rebuilds_the_same_store_and_clock() {
     let next = set(&mut r, "z", int(0), 5).time;
     assert!(next > log.last().unwrap().0);
     assert_eq!(get(&r, "c/d"), Some(int(3)));
+}
+
+#[test]
+fn replay_refuses_damaged_logs_without_changing_anything() {
+    use tarn_core::{Change, ReplayError};
+    let mut e = engine_with_horizon(10 * MIN);
+    let t = set(&mut e, "a", int(1), 1_000).time;
+    let before = e.store().get(&Path::root());
+    assert!(matches!(
+        e.replay(Time::from_ms(1), &[]),
+        Err(ReplayError::OutOfOrder { .. })
+    ));
+    let far = Time {
+        ms: u64::MAX,
+        logical: u32::MAX,
+        node: 1,
+    };
+    assert!(matches!(
+        e.replay(far, &[]),
+        Err(ReplayError::TimeOutOfRange { .. })
+    ));
+    let unsorted = [
+        Change {
+            path: p("b"),
+            value: Some(int(1)),
+        },
+        Change {
+            path: p("a/x"),
+            value: Some(int(1)),
+        },
+    ];
+    let later = Time { ms: t.ms + 1, ..t };
+    assert!(matches!(
+        e.replay(later, &unsorted),
+        Err(ReplayError::Unsorted { .. })
+    ));
+    assert_eq!(e.store().get(&Path::root()), before);
+    assert_eq!(e.newest(), t);
+    // The engine still commits after the refusals.
+    assert!(set(&mut e, "c", int(1), 2_000).time > t);
+}
+
+#[test]
+fn leaves_pages_through_a_subtree_at_a_time() {
+    let mut e = engine_with_horizon(10 * MIN);
+    for i in 0..10 {
+        set(&mut e, &format!("r/k{i}/v"), int(i), 1_000 + i as u64);
+    }
+    let t = e.newest();
+    set(&mut e, "r/k3/v", int(99), 2_000);
+    set(&mut e, "r/k5", obj([]), 2_001); // deleted after t
+    let mut after: Option<Path> = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = e
+            .store()
+            .leaves(&p("r"), Some(t), after.as_ref(), 3)
+            .unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        seen.extend(
+            page.into_iter()
+                .map(|(path, v)| (path.to_string(), v.value)),
+        );
+    }
+    assert_eq!(seen.len(), 10);
+    assert_eq!(seen[3], ("r/k3/v".to_string(), Some(int(3))));
+    assert_eq!(seen[5], ("r/k5/v".to_string(), Some(int(5))));
+    let now = e.store().leaves(&p("r"), None, None, 100).unwrap();
+    assert_eq!(now.len(), 9);
+    assert_eq!(now[3].1.value, Some(int(99)));
+    // A page starting after a path outside the prefix.
+    assert!(
+        e.store()
+            .leaves(&p("r"), None, Some(&p("s")), 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        e.store()
+            .leaves(&p("r"), None, Some(&p("a")), 100)
+            .unwrap()
+            .len(),
+        9
+    );
 }

@@ -286,7 +286,10 @@ fn dependent_transactions_commit_after_their_dependency() {
             vec![Read {
                 path: p("n"),
                 kind: ReadKind::Value,
-                seen: Seen::Pending(id(1, 1)),
+                seen: Seen::Pending {
+                    on: id(1, 1),
+                    base: Time::ZERO,
+                },
             }],
             vec![w("n", 2)],
         ),
@@ -309,7 +312,10 @@ fn a_rejection_cascades_to_dependents_only() {
     let pending_n = |seq| Read {
         path: p("n"),
         kind: ReadKind::Value,
-        seen: Seen::Pending(id(1, seq)),
+        seen: Seen::Pending {
+            on: id(1, seq),
+            base: stale,
+        },
     };
     // 1: read n (stale) and increment: rejected by the conflict.
     let t1 = with_id(
@@ -329,7 +335,10 @@ fn a_rejection_cascades_to_dependents_only() {
             vec![Read {
                 path: p("other"),
                 kind: ReadKind::Value,
-                seen: Seen::Pending(id(1, 2)),
+                seen: Seen::Pending {
+                    on: id(1, 2),
+                    base: Time::ZERO,
+                },
             }],
             vec![w("other", 8)],
         ),
@@ -366,7 +375,10 @@ fn a_dependency_read_still_checks_for_newer_writes() {
             vec![Read {
                 path: p("n"),
                 kind: ReadKind::Value,
-                seen: Seen::Pending(id(1, 1)),
+                seen: Seen::Pending {
+                    on: id(1, 1),
+                    base: Time::ZERO,
+                },
             }],
             vec![w("n", 2)],
         ),
@@ -449,4 +461,95 @@ fn forgotten_outcomes_are_not_trusted() {
     ));
     e.forget_client(ClientId(1));
     assert_eq!(e.outcome(id(1, 3)), None);
+}
+
+/// A client reads its own predicted patch of `a` and writes from it. If
+/// another client wrote under `a` after the client's base but before the
+/// prediction committed, the read saw a state that never existed.
+#[test]
+fn a_pending_read_does_not_hide_earlier_writes() {
+    let mut e = engine();
+    set(&mut e, "a/x", int(1), 1);
+    let base = e.store().get(&p("a")).seen;
+    let p1 = with_id(
+        Txn::new(
+            vec![],
+            vec![Write::Patch {
+                path: p("a"),
+                value: crate::support::obj([("y", int(1))]),
+            }],
+        ),
+        id(1, 1),
+    );
+    let p2 = with_id(
+        Txn::new(
+            vec![Read {
+                path: p("a"),
+                kind: ReadKind::Value,
+                seen: Seen::Pending { on: id(1, 1), base },
+            }],
+            vec![w("sum", 2)],
+        ),
+        id(1, 2),
+    );
+    let other = set(&mut e, "a/x", int(10), 2).time; // another client, before p1 arrives
+    e.commit(p1, 3).unwrap();
+    assert_eq!(
+        e.commit(p2, 4),
+        Err(TxnError::Rejected(Rejection::Conflict {
+            path: p("a"),
+            kind: ReadKind::Value,
+            seen: base,
+            newer: other
+        }))
+    );
+}
+
+/// Without interference, the same chain commits: the dependency's own
+/// write under the read path is allowed.
+#[test]
+fn a_pending_read_of_a_partial_write_commits_when_undisturbed() {
+    let mut e = engine();
+    set(&mut e, "a/x", int(1), 1);
+    let base = e.store().get(&p("a")).seen;
+    let p1 = with_id(
+        Txn::new(
+            vec![],
+            vec![Write::Patch {
+                path: p("a"),
+                value: crate::support::obj([("y", int(1))]),
+            }],
+        ),
+        id(1, 1),
+    );
+    let p2 = with_id(
+        Txn::new(
+            vec![Read {
+                path: p("a"),
+                kind: ReadKind::Value,
+                seen: Seen::Pending { on: id(1, 1), base },
+            }],
+            vec![w("sum", 2)],
+        ),
+        id(1, 2),
+    );
+    set(&mut e, "b", int(10), 2); // unrelated
+    e.commit(p1, 3).unwrap();
+    e.commit(p2, 4).unwrap();
+    assert_eq!(get(&e, "sum"), Some(int(2)));
+}
+
+#[test]
+fn a_skipped_dependency_is_not_submitted_rather_than_forgotten() {
+    let mut e = engine();
+    e.commit(with_id(Txn::set(p("a"), int(1)), id(1, 1)), 1)
+        .unwrap();
+    e.commit(with_id(Txn::set(p("a"), int(3)), id(1, 3)), 2)
+        .unwrap();
+    let mut t = with_id(Txn::set(p("b"), int(1)), id(1, 4));
+    t.depends_on = vec![id(1, 2)];
+    assert!(matches!(
+        e.commit(t, 3),
+        Err(TxnError::Invalid(InvalidTxn::DependencyNotSubmitted { .. }))
+    ));
 }
