@@ -1,0 +1,1088 @@
+//! `Db`: the durable database of one node — the commit engine wrapped in
+//! a write-ahead log with group commit, recovery on open, and archives.
+//!
+//! The life of a durable commit:
+//! 1. `Db::commit` takes the state lock, lets the [`Engine`] decide and
+//!    apply the transaction in memory, frames its [`codec`] record into the
+//!    shared pending buffer (so log order is commit order) and notes its
+//!    log sequence number (`lsn`).
+//! 2. The flusher thread takes the whole pending buffer at once, writes it
+//!    to the current segment and, unless `sync = never`, `fdatasync`s it:
+//!    every commit that arrived meanwhile shares that one sync (group
+//!    commit). With `batch(ms)` it first waits until the oldest pending
+//!    record is `ms` old, to gather more.
+//! 3. It publishes the durable lsn; the committer, waiting on a condition
+//!    variable, returns. A commit is acknowledged only when durable under
+//!    the policy. Reads wait for the durability of what they saw, so no
+//!    caller ever observes a write that a crash could take back.
+//!
+//! A failed write or sync stops the database: the page cache can no
+//! longer be trusted, so every later call fails with [`StoreError::Stopped`]
+//! and the operator restarts, which recovers from the log.
+//!
+//! The archiver thread seals history into archives: each WAL segment, once
+//! the flusher has rolled past it, becomes a delta archive of its
+//! versions; deltas are merged into one base archive (trimmed to the
+//! history horizon) once there are `archive_merge_after` of them; WAL
+//! segments covered by the manifest are deleted. It also trims in-memory
+//! history to the horizon (`Engine::compact_to`), never past a pinned
+//! snapshot (an export or backup in progress).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tarn_core::{
+    Change, Commit, Engine, EngineConfig, HistoryError, Observed, ObservedKeys, Path, Retention,
+    Time, Txn, TxnError,
+};
+
+use crate::archive::{self, ArchiveError, ArchiveMeta, ArchiveStore, Manifest, Versions};
+use crate::codec;
+use crate::wal::{self, BadRecord, RecordRead, SegmentWriter, SyncPolicy};
+
+/// Format version of the data directory layout written by this build.
+pub const DATA_DIR_FORMAT: u32 = 1;
+/// The file that marks a directory as a tarn data directory.
+pub const IDENTITY_FILE: &str = "TARN";
+
+/// Settings of the durable store. Every field has a default and a config
+/// key.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// When a commit counts as durable (`wal.sync`, default `batch(2)`).
+    pub sync: SyncPolicy,
+    /// Roll to a new WAL segment past this size (`wal.segment_bytes`,
+    /// default 64 MiB).
+    pub segment_bytes: u64,
+    /// Largest record accepted when reading the WAL
+    /// (`wal.max_record_bytes`, default 256 MiB).
+    pub max_record_bytes: usize,
+    /// Skip damaged records in the middle of the WAL instead of refusing
+    /// to open (`--recover`). Every skip is logged with its offsets.
+    pub recover: bool,
+    /// Where archives live (`archive.url`): `None` is `<data dir>/archive`;
+    /// else an object store URL such as `s3://bucket/prefix`.
+    pub archive_url: Option<String>,
+    /// Archive sealed WAL segments in the background (`archive.enabled`).
+    pub archive: bool,
+    /// Merge delta archives into one once there are this many
+    /// (`archive.merge_after`, default 8).
+    pub archive_merge_after: usize,
+    /// How often the archiver wakes to trim history and archive
+    /// (`archive.interval_ms`, default 1000).
+    pub archive_interval_ms: u64,
+    /// Show a progress bar when replay on open takes over a second.
+    pub progress: bool,
+    /// The commit engine's settings (limits, retention, node id).
+    pub engine: EngineConfig,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: SyncPolicy::default(),
+            segment_bytes: 64 << 20,
+            max_record_bytes: 256 << 20,
+            recover: false,
+            archive_url: None,
+            archive: true,
+            archive_merge_after: 8,
+            archive_interval_ms: 1000,
+            progress: false,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Why the store failed. Each says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The directory holds files but is not a tarn data directory.
+    #[error(
+        "{dir} is not a tarn data directory (no {IDENTITY_FILE} file, and it is not empty); point --data at an empty or new directory, or at an existing tarn data directory"
+    )]
+    NotADataDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Written by a newer tarn.
+    #[error(
+        "{what} was written by a newer tarn (format {found}; this build reads up to {max}); upgrade tarn to open it. Nothing was changed."
+    )]
+    NewerFormat {
+        /// What was found.
+        what: String,
+        /// Its format.
+        found: u32,
+        /// The newest this build reads.
+        max: u32,
+    },
+    /// The identity file is damaged.
+    #[error(
+        "{path} is damaged ({reason}); it should hold {{\"tarn\": \"data-dir\", \"format\": N}}"
+    )]
+    BadIdentity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A damaged record in the middle of the log.
+    #[error("WAL segment {segment} is damaged at byte {offset}: {reason}; {}", match next_good { Some(at) => format!("the next good record is at byte {at}; reopen with --recover to skip the damaged bytes (logged)"), None => "reopen with --recover to skip the rest of this segment (logged)".to_string() })]
+    Corrupt {
+        /// The segment's number.
+        segment: u64,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+        /// Where the next good record starts, if in the same segment.
+        next_good: Option<u64>,
+    },
+    /// A WAL segment is missing.
+    #[error(
+        "WAL segment {expected} is missing (found {found} next); restore it from a backup, or reopen with --recover to continue without it (its commits are lost)"
+    )]
+    MissingSegment {
+        /// The segment that should be there.
+        expected: u64,
+        /// The one found instead.
+        found: u64,
+    },
+    /// A WAL segment's header is bad.
+    #[error("WAL segment {segment}: {source}")]
+    BadSegment {
+        /// The segment's number.
+        segment: u64,
+        /// What is wrong.
+        source: wal::HeaderError,
+    },
+    /// The archives cannot be read or written.
+    #[error("archives: {0}")]
+    Archive(#[from] ArchiveError),
+    /// The log holds commits out of time order.
+    #[error("WAL segment {segment} at byte {offset}: {source}")]
+    Replay {
+        /// The segment's number.
+        segment: u64,
+        /// The record's offset.
+        offset: u64,
+        /// What is wrong.
+        source: tarn_core::ReplayError,
+    },
+    /// A write or sync of the log failed earlier; the database stopped.
+    #[error(
+        "the database stopped after a write-ahead log failure ({0}); restart tarn to recover from the log"
+    )]
+    Stopped(String),
+    /// A read of the past that cannot be answered.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// Bad input to an import.
+    #[error("import: {0}")]
+    Import(String),
+}
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The engine refused the transaction; nothing was written.
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    /// The store failed; the transaction may not be durable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What recovery found on open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Versions loaded from archives.
+    pub archived_versions: u64,
+    /// Commits replayed from the WAL.
+    pub replayed_commits: u64,
+    /// Bytes of WAL read.
+    pub wal_bytes: u64,
+    /// Torn or damaged tails truncated: (segment, offset, bytes dropped).
+    pub truncated: Vec<(u64, u64, u64)>,
+    /// Damaged ranges skipped with `recover`: (segment, from, to).
+    pub skipped: Vec<(u64, u64, u64)>,
+    /// Segments that were missing and skipped with `recover`.
+    pub missing_segments: Vec<u64>,
+}
+
+/// Counters for diagnostics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbStats {
+    /// Commits logged since open.
+    pub commits: u64,
+    /// Log writes (each followed by one fsync unless `sync = never`).
+    pub flushes: u64,
+    /// Bytes appended to the log since open.
+    pub wal_bytes: u64,
+    /// Archives written since open (deltas and merges).
+    pub archives_written: u64,
+    /// WAL segments deleted after archiving.
+    pub segments_deleted: u64,
+}
+
+struct State {
+    engine: Engine,
+    /// Framed records not yet handed to the flusher.
+    pending: Vec<u8>,
+    /// When the oldest pending record was added.
+    pending_since: Option<Instant>,
+    /// Lsn of the newest record added.
+    next_lsn: u64,
+    /// Every record up to this lsn is durable under the policy.
+    durable_lsn: u64,
+    /// The segment the flusher writes.
+    current_segment: u64,
+    failed: Option<String>,
+    closing: bool,
+    /// Snapshot times pinned by exports and backups: in-memory history
+    /// is not trimmed past the oldest.
+    pins: BTreeMap<Time, usize>,
+    stats: DbStats,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when `durable_lsn` advances or the store fails.
+    flushed: Condvar,
+    /// Signalled when records are pending or on close.
+    work: Condvar,
+    /// Signalled when a segment is sealed or on close.
+    archive_wake: Condvar,
+    wal_dir: PathBuf,
+    archives: ArchiveStore,
+    options: StoreOptions,
+}
+
+/// The durable database. See the module docs. Cheap to share: all methods
+/// take `&self`.
+pub struct Db {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    dir: PathBuf,
+    recovery: Recovery,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Db({})", self.dir.display())
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// The wall clock in ms, the only clock the engine is given.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Checks that `dir` is a tarn data directory this build can open,
+/// creating it (and marking it) if it is new or empty. Never modifies a
+/// directory it refuses.
+pub fn prepare_data_dir(dir: &FsPath) -> Result<(), StoreError> {
+    let identity = dir.join(IDENTITY_FILE);
+    if identity.exists() {
+        let text = fs::read_to_string(&identity)
+            .map_err(io_err(format!("reading {}", identity.display())))?;
+        #[derive(serde::Deserialize)]
+        struct Identity {
+            tarn: String,
+            format: u32,
+        }
+        let id: Identity = serde_json::from_str(&text).map_err(|e| StoreError::BadIdentity {
+            path: identity.clone(),
+            reason: e.to_string(),
+        })?;
+        if id.tarn != "data-dir" {
+            return Err(StoreError::BadIdentity {
+                path: identity,
+                reason: format!("\"tarn\" is {:?}", id.tarn),
+            });
+        }
+        if id.format > DATA_DIR_FORMAT {
+            return Err(StoreError::NewerFormat {
+                what: format!("data directory {}", dir.display()),
+                found: id.format,
+                max: DATA_DIR_FORMAT,
+            });
+        }
+        return Ok(());
+    }
+    if dir.exists() {
+        let mut entries =
+            fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
+        if entries.next().is_some() {
+            return Err(StoreError::NotADataDir {
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+    fs::create_dir_all(dir.join("wal")).map_err(io_err(format!("creating {}", dir.display())))?;
+    let text = format!("{{\"tarn\": \"data-dir\", \"format\": {DATA_DIR_FORMAT}}}\n");
+    let tmp = dir.join("TARN.tmp");
+    fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing the identity file"))?;
+    fs::rename(&tmp, &identity).map_err(io_err("placing the identity file"))?;
+    wal::sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+    Ok(())
+}
+
+fn open_archives(dir: &FsPath, options: &StoreOptions) -> Result<ArchiveStore, StoreError> {
+    Ok(match &options.archive_url {
+        Some(url) => ArchiveStore::from_url(url)?,
+        None => ArchiveStore::local(dir.join("archive"))?,
+    })
+}
+
+impl Db {
+    /// Opens (or creates) the data directory `dir`: loads the archives,
+    /// replays the WAL, truncates a torn tail, and starts the flusher and
+    /// archiver threads.
+    pub fn open(dir: impl AsRef<FsPath>, options: StoreOptions) -> Result<Db, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        prepare_data_dir(&dir)?;
+        let wal_dir = dir.join("wal");
+        fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
+        let archives = open_archives(&dir, &options)?;
+        let manifest = archives.manifest()?;
+
+        let mut engine = Engine::new(options.engine.clone());
+        let mut recovery = Recovery::default();
+        load_archives(&archives, &manifest, &mut engine, &mut recovery)?;
+        let (segment, len) = replay_wal(&wal_dir, &manifest, &options, &mut engine, &mut recovery)?;
+        if let Some((seg, off, bytes)) = recovery.truncated.first() {
+            tracing::warn!(
+                segment = seg,
+                offset = off,
+                bytes,
+                "truncated a torn WAL tail"
+            );
+        }
+        let writer =
+            SegmentWriter::open(&wal_dir, segment, len, options.segment_bytes, options.sync)
+                .map_err(io_err(format!("opening WAL segment {segment}")))?;
+        let removed = archives.remove_orphans(&manifest)?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed archives not listed in the manifest");
+        }
+
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                engine,
+                pending: Vec::new(),
+                pending_since: None,
+                next_lsn: 0,
+                durable_lsn: 0,
+                current_segment: writer.seq(),
+                failed: None,
+                closing: false,
+                pins: BTreeMap::new(),
+                stats: DbStats::default(),
+            }),
+            flushed: Condvar::new(),
+            work: Condvar::new(),
+            archive_wake: Condvar::new(),
+            wal_dir,
+            archives,
+            options,
+        });
+        let mut threads = Vec::new();
+        let s = Arc::clone(&shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("tarn-wal-flusher".into())
+                .spawn(move || flusher(&s, writer))
+                .map_err(io_err("starting the WAL flusher thread"))?,
+        );
+        let s = Arc::clone(&shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("tarn-archiver".into())
+                .spawn(move || archiver(&s, manifest))
+                .map_err(io_err("starting the archiver thread"))?,
+        );
+        Ok(Db {
+            shared,
+            threads,
+            dir,
+            recovery,
+        })
+    }
+
+    /// What recovery found on open.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &FsPath {
+        &self.dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared)
+    }
+
+    /// Decides `txn` and returns once its commit is durable under the sync
+    /// policy.
+    pub fn commit(&self, txn: Txn) -> Result<Commit, CommitError> {
+        let mut state = self.lock();
+        if let Some(why) = &state.failed {
+            return Err(StoreError::Stopped(why.clone()).into());
+        }
+        let commit = state.engine.commit(txn, wall_ms())?;
+        let lsn = if commit.changes.is_empty() {
+            // A read-only commit logs nothing, but what it read must be
+            // durable before it is acknowledged.
+            state.next_lsn
+        } else {
+            append_record(&mut state, &commit);
+            self.shared.work.notify_one();
+            state.next_lsn
+        };
+        self.wait_durable(state, lsn)?;
+        Ok(commit)
+    }
+
+    fn wait_durable(&self, mut state: MutexGuard<'_, State>, lsn: u64) -> Result<(), StoreError> {
+        while state.durable_lsn < lsn {
+            if let Some(why) = &state.failed {
+                return Err(StoreError::Stopped(why.clone()));
+            }
+            state = self
+                .shared
+                .flushed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the engine under the state lock and returns once
+    /// everything it could have seen is durable. For reads and watch
+    /// registration; commits go through [`Db::commit`].
+    pub fn read<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, StoreError> {
+        let mut state = self.lock();
+        if let Some(why) = &state.failed {
+            return Err(StoreError::Stopped(why.clone()));
+        }
+        let out = f(&mut state.engine);
+        let lsn = state.next_lsn;
+        self.wait_durable(state, lsn)?;
+        Ok(out)
+    }
+
+    /// The latest value at `path`.
+    pub fn get(&self, path: &Path) -> Result<Observed, StoreError> {
+        self.read(|e| e.store().get(path))
+    }
+
+    /// The value at `path` as of `at`.
+    pub fn get_at(&self, path: &Path, at: Time) -> Result<Observed, StoreError> {
+        self.read(|e| e.store().get_at(path, at))?
+            .map_err(StoreError::from)
+    }
+
+    /// The child keys of `path`.
+    pub fn keys(&self, path: &Path) -> Result<ObservedKeys, StoreError> {
+        self.read(|e| e.store().keys(path))
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> DbStats {
+        self.lock().stats
+    }
+
+    /// Pins the newest commit time as a snapshot: in-memory history is
+    /// not trimmed past it until the pin is dropped.
+    pub fn pin(&self) -> Result<Snapshot<'_>, StoreError> {
+        let mut state = self.lock();
+        let time = state.engine.newest();
+        *state.pins.entry(time).or_default() += 1;
+        let lsn = state.next_lsn;
+        self.wait_durable(state, lsn)?;
+        Ok(Snapshot { db: self, time })
+    }
+
+    /// Waits until every commit so far is durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let state = self.lock();
+        let lsn = state.next_lsn;
+        self.wait_durable(state, lsn)
+    }
+
+    /// Archives every sealed WAL segment now and merges archives if due
+    /// (the archiver does this in the background; tests and tools call it
+    /// to be deterministic). Returns the number of archives written.
+    pub fn archive_now(&self) -> Result<u64, StoreError> {
+        let mut manifest = self.shared.archives.manifest()?;
+        archive_pass(&self.shared, &mut manifest, true)
+    }
+
+    /// Flushes the log, stops the threads and closes the files.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        let result = self.flush();
+        self.stop();
+        result
+    }
+
+    fn stop(&mut self) {
+        {
+            let mut state = self.lock();
+            state.closing = true;
+        }
+        self.shared.work.notify_all();
+        self.shared.archive_wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A pinned snapshot time; see [`Db::pin`].
+pub struct Snapshot<'a> {
+    db: &'a Db,
+    time: Time,
+}
+
+impl Snapshot<'_> {
+    /// The snapshot's time.
+    pub fn time(&self) -> Time {
+        self.time
+    }
+
+    /// Runs `f` on the engine under the lock (reads at `self.time()`).
+    pub fn read<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.db.lock().engine)
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.db.lock();
+        if let Some(n) = state.pins.get_mut(&self.time) {
+            *n -= 1;
+            if *n == 0 {
+                state.pins.remove(&self.time);
+            }
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave the engine half-changed
+    // (a commit changes nothing until it cannot fail), so keep going.
+    shared.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn append_record(state: &mut State, commit: &Commit) {
+    let mut payload = Vec::with_capacity(64);
+    codec::encode_commit(&mut payload, commit.time, commit.id, &commit.changes);
+    wal::frame(&mut state.pending, &payload);
+    if state.pending_since.is_none() {
+        state.pending_since = Some(Instant::now());
+    }
+    state.next_lsn += 1;
+    state.stats.commits += 1;
+}
+
+/// The flusher thread: writes pending records and syncs them, one group
+/// at a time.
+fn flusher(shared: &Shared, mut writer: SegmentWriter) {
+    let mut buf = Vec::new();
+    loop {
+        let mut state = lock(shared);
+        loop {
+            if state.pending.is_empty() {
+                if state.closing {
+                    return;
+                }
+                state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            if let (SyncPolicy::Batch(ms), Some(since)) = (shared.options.sync, state.pending_since)
+            {
+                let due = since + Duration::from_millis(ms);
+                let now = Instant::now();
+                if now < due && !state.closing {
+                    state = shared
+                        .work
+                        .wait_timeout(state, due - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
+                }
+            }
+            break;
+        }
+        std::mem::swap(&mut buf, &mut state.pending);
+        state.pending_since = None;
+        let upto = state.next_lsn;
+        drop(state);
+
+        let result = writer.append(&buf);
+        let mut state = lock(shared);
+        match result {
+            Ok(sealed) => {
+                state.durable_lsn = upto;
+                state.stats.flushes += 1;
+                state.stats.wal_bytes += buf.len() as u64;
+                state.current_segment = writer.seq();
+                if sealed.is_some() {
+                    shared.archive_wake.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL write failed; stopping the database");
+                state.failed = Some(format!("writing WAL segment {}: {e}", writer.seq()));
+            }
+        }
+        let failed = state.failed.is_some();
+        drop(state);
+        shared.flushed.notify_all();
+        buf.clear();
+        if failed {
+            return;
+        }
+    }
+}
+
+/// The archiver thread: trims in-memory history and archives sealed
+/// segments, until close.
+fn archiver(shared: &Shared, mut manifest: Manifest) {
+    let interval = Duration::from_millis(shared.options.archive_interval_ms.max(1));
+    loop {
+        {
+            let state = lock(shared);
+            if state.closing {
+                return;
+            }
+            let mut state = shared
+                .archive_wake
+                .wait_timeout(state, interval)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if state.closing {
+                return;
+            }
+            trim_memory(shared, &mut state);
+        }
+        if shared.options.archive {
+            if let Err(e) = archive_pass(shared, &mut manifest, false) {
+                // The WAL still holds everything: archiving retries later.
+                tracing::warn!(error = %e, "archiving failed; will retry");
+                if let Ok(m) = shared.archives.manifest() {
+                    manifest = m;
+                }
+            }
+        }
+    }
+}
+
+fn horizon_now(options: &StoreOptions) -> Option<Time> {
+    match options.engine.retention {
+        Retention::Forever => None,
+        Retention::HorizonMs(ms) => Some(Time::from_ms(wall_ms().saturating_sub(ms))),
+    }
+}
+
+fn trim_memory(shared: &Shared, state: &mut State) {
+    if let Some(mut horizon) = horizon_now(&shared.options) {
+        if let Some((&pinned, _)) = state.pins.iter().next() {
+            horizon = horizon.min(pinned);
+        }
+        state.engine.compact_to(horizon);
+    }
+}
+
+/// Archives every sealed segment not yet archived, then merges if due.
+fn archive_pass(
+    shared: &Shared,
+    manifest: &mut Manifest,
+    force_merge: bool,
+) -> Result<u64, StoreError> {
+    let current = lock(shared).current_segment;
+    let mut written = 0;
+    for (seq, path) in
+        wal::list_segments(&shared.wal_dir).map_err(io_err("listing WAL segments"))?
+    {
+        if seq < manifest.next_segment || seq >= current {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let mut versions = Versions::new();
+        let mut through = Time::from(manifest.cut);
+        let mut at = wal::SEGMENT_HEADER_BYTES;
+        loop {
+            match wal::read_record(&bytes, at, shared.options.max_record_bytes) {
+                RecordRead::Ok { record, next } => {
+                    through = through.max(record.time);
+                    for change in record.changes {
+                        versions
+                            .entry(change.path)
+                            .or_default()
+                            .push((record.time, change.value));
+                    }
+                    at = next;
+                }
+                RecordRead::End => break,
+                // Skipped at open with --recover; the good records are in.
+                RecordRead::Bad(_) => {
+                    match wal::find_next_record(&bytes, at + 1, shared.options.max_record_bytes) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+        let name = format!("d-{seq:020}.tarc");
+        let encoded = archive::encode_archive(&versions);
+        let meta = ArchiveMeta {
+            name: name.clone(),
+            first_segment: seq,
+            last_segment: seq,
+            through: through.into(),
+            paths: versions.len() as u64,
+            versions: versions.values().map(|v| v.len() as u64).sum(),
+            bytes: encoded.len() as u64,
+        };
+        shared.archives.put(&name, encoded)?;
+        manifest.archives.push(meta);
+        manifest.next_segment = seq + 1;
+        manifest.cut = through.into();
+        shared.archives.put_manifest(manifest)?;
+        written += 1;
+        fs::remove_file(&path).map_err(io_err(format!("removing archived {}", path.display())))?;
+        wal::sync_dir(&shared.wal_dir).map_err(io_err("syncing the WAL directory"))?;
+        let mut state = lock(shared);
+        state.stats.archives_written += 1;
+        state.stats.segments_deleted += 1;
+    }
+    let merge_due = manifest.archives.len() >= shared.options.archive_merge_after.max(2)
+        || (force_merge && manifest.archives.len() > 1);
+    if merge_due {
+        merge(shared, manifest)?;
+        written += 1;
+        lock(shared).stats.archives_written += 1;
+    }
+    Ok(written)
+}
+
+/// Merges all archives into one base archive, trimmed to the horizon.
+fn merge(shared: &Shared, manifest: &mut Manifest) -> Result<(), StoreError> {
+    let mut versions = Versions::new();
+    for meta in &manifest.archives {
+        let bytes = shared
+            .archives
+            .get(&meta.name)?
+            .ok_or_else(|| ArchiveError::Damaged {
+                name: meta.name.clone(),
+                reason: "listed in the manifest but missing".into(),
+            })?;
+        archive::decode_archive(&meta.name, &bytes, &mut versions)?;
+    }
+    let cut = Time::from(manifest.cut);
+    let mut floor = Time::from(manifest.floor);
+    if let Some(horizon) = horizon_now(&shared.options) {
+        // Never trim past the cut: later versions are still in the WAL.
+        let horizon = horizon.min(cut);
+        if horizon > floor {
+            archive::trim(&mut versions, horizon);
+            floor = horizon;
+        }
+    }
+    let last = manifest.archives.last().map_or(0, |a| a.last_segment);
+    let name = format!("b-{last:020}.tarc");
+    let encoded = archive::encode_archive(&versions);
+    let meta = ArchiveMeta {
+        name: name.clone(),
+        first_segment: manifest.archives.first().map_or(0, |a| a.first_segment),
+        last_segment: last,
+        through: manifest.cut,
+        paths: versions.len() as u64,
+        versions: versions.values().map(|v| v.len() as u64).sum(),
+        bytes: encoded.len() as u64,
+    };
+    let old: Vec<String> = manifest.archives.iter().map(|a| a.name.clone()).collect();
+    shared.archives.put(&name, encoded)?;
+    manifest.archives = vec![meta];
+    manifest.floor = floor.into();
+    shared.archives.put_manifest(manifest)?;
+    for name in old.iter().filter(|n| **n != name) {
+        shared.archives.delete(name)?;
+    }
+    Ok(())
+}
+
+/// Loads every archive in the manifest into the engine.
+fn load_archives(
+    archives: &ArchiveStore,
+    manifest: &Manifest,
+    engine: &mut Engine,
+    recovery: &mut Recovery,
+) -> Result<(), StoreError> {
+    let mut versions = Versions::new();
+    for meta in &manifest.archives {
+        let bytes = archives
+            .get(&meta.name)?
+            .ok_or_else(|| ArchiveError::Damaged {
+                name: meta.name.clone(),
+                reason: "listed in the manifest but missing".into(),
+            })?;
+        recovery.archived_versions += archive::decode_archive(&meta.name, &bytes, &mut versions)?;
+    }
+    // Archives are sorted by path; the engine takes history in time order,
+    // one commit (time) at a time.
+    let mut by_time: Vec<(Time, Change)> = Vec::with_capacity(recovery.archived_versions as usize);
+    for (path, history) in versions {
+        for (time, value) in history {
+            by_time.push((
+                time,
+                Change {
+                    path: path.clone(),
+                    value,
+                },
+            ));
+        }
+    }
+    by_time.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+    let mut i = 0;
+    let mut changes = Vec::new();
+    while i < by_time.len() {
+        let time = by_time[i].0;
+        changes.clear();
+        while i < by_time.len() && by_time[i].0 == time {
+            changes.push(by_time[i].1.clone());
+            i += 1;
+        }
+        engine
+            .replay(time, &changes)
+            .map_err(|source| StoreError::Replay {
+                segment: 0,
+                offset: 0,
+                source,
+            })?;
+    }
+    // The clock resumes past the cut even if the newest archived version
+    // is older (a backup's snapshot time may follow deletions).
+    let cut = Time::from(manifest.cut);
+    if cut > engine.newest() {
+        engine
+            .replay(cut, &[])
+            .map_err(|source| StoreError::Replay {
+                segment: 0,
+                offset: 0,
+                source,
+            })?;
+    }
+    engine.compact_to(Time::from(manifest.floor));
+    Ok(())
+}
+
+/// Replays the WAL segments after the manifest's cut. Returns the segment
+/// to continue writing and its valid length (`None`: create it).
+fn replay_wal(
+    wal_dir: &FsPath,
+    manifest: &Manifest,
+    options: &StoreOptions,
+    engine: &mut Engine,
+    recovery: &mut Recovery,
+) -> Result<(u64, Option<u64>), StoreError> {
+    let mut segments = wal::list_segments(wal_dir).map_err(io_err("listing WAL segments"))?;
+    // Segments the archives cover were about to be deleted when we stopped.
+    segments.retain(|(seq, path)| {
+        if *seq < manifest.next_segment {
+            let _ = fs::remove_file(path);
+            false
+        } else {
+            true
+        }
+    });
+    if segments.is_empty() {
+        return Ok((manifest.next_segment, None));
+    }
+    let total: u64 = segments
+        .iter()
+        .filter_map(|(_, p)| fs::metadata(p).ok().map(|m| m.len()))
+        .sum();
+    let progress = Progress::new(options.progress, total);
+    let cut = Time::from(manifest.cut);
+    let mut expected = manifest.next_segment;
+    let count = segments.len();
+    let mut last = (expected, None);
+    for (i, (seq, path)) in segments.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        if seq != expected {
+            if !options.recover {
+                return Err(StoreError::MissingSegment {
+                    expected,
+                    found: seq,
+                });
+            }
+            tracing::warn!(
+                expected,
+                found = seq,
+                "WAL segments missing; continuing (--recover)"
+            );
+            recovery.missing_segments.extend(expected..seq);
+        }
+        expected = seq + 1;
+        let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        if let Err(e) = wal::check_header(&bytes, seq) {
+            match e {
+                // A crash while creating the newest segment: start it anew.
+                wal::HeaderError::Short { .. } if is_last => {
+                    fs::remove_file(&path)
+                        .map_err(io_err(format!("removing torn {}", path.display())))?;
+                    recovery.truncated.push((seq, 0, bytes.len() as u64));
+                    last = (seq, None);
+                    continue;
+                }
+                wal::HeaderError::Newer { found, max } => {
+                    return Err(StoreError::NewerFormat {
+                        what: format!("WAL segment {}", path.display()),
+                        found,
+                        max,
+                    });
+                }
+                source => {
+                    return Err(StoreError::BadSegment {
+                        segment: seq,
+                        source,
+                    });
+                }
+            }
+        }
+        let mut at = wal::SEGMENT_HEADER_BYTES;
+        let mut valid_end = at;
+        loop {
+            match wal::read_record(&bytes, at, options.max_record_bytes) {
+                RecordRead::Ok { record, next } => {
+                    if record.time > cut {
+                        engine
+                            .replay(record.time, &record.changes)
+                            .map_err(|source| StoreError::Replay {
+                                segment: seq,
+                                offset: at as u64,
+                                source,
+                            })?;
+                        recovery.replayed_commits += 1;
+                    }
+                    at = next;
+                    valid_end = at;
+                    progress.set(recovery.wal_bytes + at as u64);
+                }
+                RecordRead::End => break,
+                RecordRead::Bad(bad) => {
+                    let next = wal::find_next_record(&bytes, at + 1, options.max_record_bytes);
+                    match next {
+                        None if is_last => {
+                            // A torn or damaged tail: nothing good follows.
+                            let dropped = (bytes.len() - at) as u64;
+                            tracing::warn!(segment = seq, offset = at, dropped, reason = %bad, "truncating damaged WAL tail");
+                            recovery.truncated.push((seq, at as u64, dropped));
+                            break;
+                        }
+                        _ if !options.recover => {
+                            return Err(StoreError::Corrupt {
+                                segment: seq,
+                                offset: at as u64,
+                                reason: describe(&bad),
+                                next_good: next.map(|n| n as u64),
+                            });
+                        }
+                        Some(n) => {
+                            tracing::warn!(segment = seq, from = at, to = n, reason = %bad, "skipping damaged WAL bytes (--recover)");
+                            recovery.skipped.push((seq, at as u64, n as u64));
+                            at = n;
+                        }
+                        None => {
+                            tracing::warn!(segment = seq, from = at, reason = %bad, "skipping the damaged rest of a WAL segment (--recover)");
+                            recovery.skipped.push((seq, at as u64, bytes.len() as u64));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        recovery.wal_bytes += bytes.len() as u64;
+        last = (seq, Some(valid_end as u64));
+    }
+    progress.finish();
+    Ok(last)
+}
+
+fn describe(bad: &BadRecord) -> String {
+    bad.to_string()
+}
+
+/// A progress bar that appears only when replay takes over a second.
+struct Progress {
+    enabled: bool,
+    total: u64,
+    start: Instant,
+    bar: std::cell::OnceCell<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: u64) -> Progress {
+        Progress {
+            enabled,
+            total,
+            start: Instant::now(),
+            bar: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn set(&self, done: u64) {
+        if !self.enabled || self.start.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let bar = self.bar.get_or_init(|| {
+            let bar = indicatif::ProgressBar::new(self.total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "replaying the write-ahead log {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        bar.set_position(done);
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.finish_and_clear();
+        }
+    }
+}

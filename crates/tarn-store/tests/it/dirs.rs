@@ -1,0 +1,119 @@
+//! A data directory of a newer format, or not a data directory, is refused
+//! with a clear message and left exactly as it was.
+
+use std::collections::BTreeMap;
+use std::path::Path as FsPath;
+
+use tarn_store::{Db, StoreError};
+
+use crate::support::{options, set};
+
+/// Every file under `dir` with its bytes.
+fn contents(dir: &FsPath) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(
+                    e.path().display().to_string(),
+                    std::fs::read(e.path()).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_directory_that_is_not_a_data_dir_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "my files").unwrap();
+    let before = contents(dir.path());
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(matches!(err, StoreError::NotADataDir { .. }), "{err}");
+    assert!(
+        err.to_string().contains("not a tarn data directory"),
+        "{err}"
+    );
+    assert_eq!(contents(dir.path()), before);
+}
+
+#[test]
+fn a_newer_format_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        set(&db, "a", 1);
+    }
+    std::fs::write(
+        dir.path().join("TARN"),
+        r#"{"tarn": "data-dir", "format": 99}"#,
+    )
+    .unwrap();
+    let before = contents(dir.path());
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerFormat { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade tarn"), "{err}");
+    assert_eq!(contents(dir.path()), before);
+}
+
+#[test]
+fn a_damaged_identity_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("TARN"), "garbage").unwrap();
+    let before = contents(dir.path());
+    assert!(matches!(
+        Db::open(dir.path(), options()),
+        Err(StoreError::BadIdentity { .. })
+    ));
+    assert_eq!(contents(dir.path()), before);
+}
+
+#[test]
+fn a_newer_segment_format_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        set(&db, "a", 1);
+    }
+    let seg = dir
+        .path()
+        .join("wal")
+        .join(tarn_store::wal::segment_name(1));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let crc = crc32c_of(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    let before = contents(dir.path());
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerFormat { found: 7, .. }),
+        "{err}"
+    );
+    assert_eq!(contents(dir.path()), before);
+}
+
+/// CRC32C (Castagnoli), bit by bit: the test's own, independent of the
+/// crate the store uses.
+fn crc32c_of(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

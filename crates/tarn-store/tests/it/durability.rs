@@ -1,0 +1,167 @@
+//! Commits survive reopening; group commit shares syncs; archives keep
+//! history across the archive boundary.
+
+use std::sync::Arc;
+
+use tarn_core::{EngineConfig, HistoryError, Path, Retention, Txn, Value};
+use tarn_store::{Db, StoreError, StoreOptions, SyncPolicy};
+
+use crate::support::{get, options, p, set};
+
+#[test]
+fn commits_survive_a_reopen_and_the_clock_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t1, t2);
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        t1 = set(&db, "a/b", 1).time;
+        t2 = set(&db, "a/b", 2).time;
+        set(&db, "c", 3);
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(db.recovery().replayed_commits, 3);
+    assert_eq!(get(&db, "a/b"), Some(Value::Int(2)));
+    assert_eq!(get(&db, "c"), Some(Value::Int(3)));
+    assert_eq!(db.get_at(&p("a/b"), t1).unwrap().value, Some(Value::Int(1)));
+    let t4 = set(&db, "d", 4).time;
+    assert!(t4 > t2);
+}
+
+#[test]
+fn every_sync_policy_is_durable_across_a_clean_close() {
+    for sync in [SyncPolicy::Always, SyncPolicy::Batch(2), SyncPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions { sync, ..options() };
+        {
+            let db = Db::open(dir.path(), opts.clone()).unwrap();
+            for i in 0..50 {
+                set(&db, &format!("k{i}"), i);
+            }
+        } // dropped, not closed: drop flushes too
+        let db = Db::open(dir.path(), opts).unwrap();
+        assert_eq!(db.keys(&Path::root()).unwrap().keys.len(), 50, "{sync}");
+    }
+}
+
+#[test]
+fn concurrent_commits_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(
+        Db::open(
+            dir.path(),
+            StoreOptions {
+                segment_bytes: 64 << 20,
+                ..options()
+            },
+        )
+        .unwrap(),
+    );
+    let threads: Vec<_> = (0..32)
+        .map(|t| {
+            let db = Arc::clone(&db);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    set(&db, &format!("t{t}/k{i}"), i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(stats.commits, 32 * 50);
+    assert!(stats.flushes < stats.commits, "no group commit: {stats:?}");
+}
+
+#[test]
+fn rejected_transactions_log_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    set(&db, "a", 1);
+    let stale = tarn_core::Read::value(p("a"), tarn_core::Time::ZERO);
+    let err = db.commit(Txn::new(
+        vec![stale],
+        vec![tarn_core::Write::Set {
+            path: p("a"),
+            value: Value::Int(9),
+        }],
+    ));
+    assert!(matches!(err, Err(tarn_store::CommitError::Txn(_))));
+    assert_eq!(db.stats().commits, 1);
+}
+
+fn fill(db: &Db, n: i64) -> Vec<tarn_core::Time> {
+    (0..n)
+        .map(|i| {
+            db.commit(Txn::set(
+                p(&format!("k/{}", i % 17)),
+                Value::str(&format!("value {i} {}", "x".repeat(100))),
+            ))
+            .unwrap()
+            .time
+        })
+        .collect()
+}
+
+#[test]
+fn archives_replace_segments_and_keep_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let times;
+    let before;
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        times = fill(&db, 300);
+        let written = db.archive_now().unwrap();
+        assert!(written >= 2, "several segments archived and merged");
+        assert!(db.stats().segments_deleted >= 2);
+        // Commits after archiving land in the WAL tail.
+        set(&db, "after", 1);
+        before = db.get(&Path::root()).unwrap().value;
+        db.close().unwrap();
+    }
+    let segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert!(
+        segments <= 2,
+        "archived segments were deleted, {segments} remain"
+    );
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert!(db.recovery().archived_versions >= 250);
+    assert_eq!(db.get(&Path::root()).unwrap().value, before);
+    // Time travel across the archive boundary (retention = forever).
+    for (i, t) in times.iter().enumerate().step_by(37) {
+        let want = Value::str(&format!("value {i} {}", "x".repeat(100)));
+        assert_eq!(
+            db.get_at(&p(&format!("k/{}", i % 17)), *t).unwrap().value,
+            Some(want)
+        );
+    }
+}
+
+#[test]
+fn a_horizon_trims_archived_history_but_keeps_latest_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        engine: EngineConfig {
+            retention: Retention::HorizonMs(0),
+            ..EngineConfig::default()
+        },
+        ..options()
+    };
+    let times;
+    let latest;
+    {
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        times = fill(&db, 300);
+        db.archive_now().unwrap();
+        latest = db.get(&Path::root()).unwrap().value;
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.get(&Path::root()).unwrap().value, latest);
+    assert!(matches!(
+        db.get_at(&p("k/1"), times[1]),
+        Err(StoreError::History(HistoryError::BeforeHorizon { .. }))
+    ));
+}
