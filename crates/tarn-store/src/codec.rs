@@ -395,8 +395,56 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Recently decoded paths by their encoded bytes, so replaying a log
+/// that writes the same paths again and again allocates each path once.
+/// Bounded: cleared when full.
+#[derive(Debug, Default)]
+pub struct PathCache {
+    /// Fx hashing: these keys come from our own log, not from clients.
+    map: rustc_hash::FxHashMap<Box<[u8]>, Path>,
+}
+
+impl PathCache {
+    /// Most paths kept.
+    const MAX: usize = 1 << 18;
+}
+
+impl Reader<'_> {
+    /// Reads a path, reusing `cache`'s copy when these bytes were seen.
+    pub fn path_cached(&mut self, cache: &mut PathCache) -> Result<Path, DecodeError> {
+        let start = self.pos;
+        let path = {
+            // Measure the encoded path without building it.
+            let n = self.count()?;
+            for _ in 0..n {
+                let len = self.count()?;
+                self.take(len)?;
+            }
+            &self.buf[start..self.pos]
+        };
+        if let Some(hit) = cache.map.get(path) {
+            return Ok(hit.clone());
+        }
+        self.pos = start;
+        let decoded = self.path()?;
+        if cache.map.len() >= PathCache::MAX {
+            cache.map.clear();
+        }
+        cache.map.insert(path.into(), decoded.clone());
+        Ok(decoded)
+    }
+}
+
 /// Decodes a commit payload (the whole slice).
 pub fn decode_commit(buf: &[u8]) -> Result<CommitRecord, DecodeError> {
+    decode_commit_cached(buf, &mut PathCache::default())
+}
+
+/// Decodes a commit payload, sharing decoded paths through `cache`.
+pub fn decode_commit_cached(
+    buf: &[u8],
+    cache: &mut PathCache,
+) -> Result<CommitRecord, DecodeError> {
     let mut r = Reader::new(buf);
     let version = r.u8()?;
     if version != PAYLOAD_VERSION {
@@ -440,7 +488,7 @@ pub fn decode_commit(buf: &[u8]) -> Result<CommitRecord, DecodeError> {
     let n = r.count()?;
     let mut changes = Vec::with_capacity(n);
     for _ in 0..n {
-        let path = r.path()?;
+        let path = r.path_cached(cache)?;
         let value = r.value()?;
         changes.push(Change { path, value });
     }

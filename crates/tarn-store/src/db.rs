@@ -9,8 +9,9 @@
 //! 2. The flusher thread takes the whole pending buffer at once, writes it
 //!    to the current segment and, unless `sync = never`, `fdatasync`s it:
 //!    every commit that arrived meanwhile shares that one sync (group
-//!    commit). With `batch(ms)` it first waits until the oldest pending
-//!    record is `ms` old, to gather more.
+//!    commit). With `batch(ms)` it syncs at most once per `ms`: after a
+//!    quiet spell a commit is written at once, under load commits gather
+//!    until `ms` after the previous sync.
 //! 3. It publishes the durable lsn; the committer, waiting on a condition
 //!    variable, returns. A commit is acknowledged only when durable under
 //!    the policy. Reads wait for the durability of what they saw, so no
@@ -242,8 +243,6 @@ struct State {
     engine: Engine,
     /// Framed records not yet handed to the flusher.
     pending: Vec<u8>,
-    /// When the oldest pending record was added.
-    pending_since: Option<Instant>,
     /// Lsn of the newest record added.
     next_lsn: u64,
     /// Every record up to this lsn is durable under the policy.
@@ -394,7 +393,6 @@ impl Db {
             state: Mutex::new(State {
                 engine,
                 pending: Vec::new(),
-                pending_since: None,
                 next_lsn: 0,
                 durable_lsn: 0,
                 current_segment: writer.seq(),
@@ -609,9 +607,6 @@ fn append_record(state: &mut State, commit: &Commit) {
     let mut payload = Vec::with_capacity(64);
     codec::encode_commit(&mut payload, commit.time, commit.id, &commit.changes);
     wal::frame(&mut state.pending, &payload);
-    if state.pending_since.is_none() {
-        state.pending_since = Some(Instant::now());
-    }
     state.next_lsn += 1;
     state.stats.commits += 1;
 }
@@ -620,6 +615,7 @@ fn append_record(state: &mut State, commit: &Commit) {
 /// at a time.
 fn flusher(shared: &Shared, mut writer: SegmentWriter) {
     let mut buf = Vec::new();
+    let mut last_flush = Instant::now() - Duration::from_secs(1);
     loop {
         let mut state = lock(shared);
         loop {
@@ -630,9 +626,11 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
                 state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            if let (SyncPolicy::Batch(ms), Some(since)) = (shared.options.sync, state.pending_since)
-            {
-                let due = since + Duration::from_millis(ms);
+            if let SyncPolicy::Batch(ms) = shared.options.sync {
+                // At most one sync per `ms`: a commit after a quiet spell
+                // is written at once; under load, commits gather until the
+                // window since the last sync has passed.
+                let due = last_flush + Duration::from_millis(ms);
                 let now = Instant::now();
                 if now < due && !state.closing {
                     state = shared
@@ -646,10 +644,10 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
             break;
         }
         std::mem::swap(&mut buf, &mut state.pending);
-        state.pending_since = None;
         let upto = state.next_lsn;
         drop(state);
 
+        last_flush = Instant::now();
         let result = writer.append(&buf);
         let mut state = lock(shared);
         match result {
@@ -909,14 +907,99 @@ fn load_archives(
     Ok(())
 }
 
+/// Commits replayed between in-memory history trims during recovery.
+const REPLAY_COMPACT_EVERY: u64 = 16 * 1024;
+
 /// Replays the WAL segments after the manifest's cut. Returns the segment
 /// to continue writing and its valid length (`None`: create it).
+///
+/// Two stages on two threads: a scanner reads segments, checks frames and
+/// CRCs, decodes records and decides about damage; the caller's thread
+/// applies the records to the engine in log order. Replay is bound by the
+/// slower stage instead of their sum.
 fn replay_wal(
     wal_dir: &FsPath,
     manifest: &Manifest,
     options: &StoreOptions,
     engine: &mut Engine,
     recovery: &mut Recovery,
+) -> Result<(u64, Option<u64>), StoreError> {
+    type Batch = Vec<(u64, u64, codec::CommitRecord)>;
+    const BATCH: usize = 256;
+    let cut = Time::from(manifest.cut);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(16);
+    let (scanned, notes, applied) = std::thread::scope(|s| {
+        let scanner = s.spawn(move || {
+            let mut notes = Recovery::default();
+            let mut batch: Batch = Vec::with_capacity(BATCH);
+            let mut emit = |seg: u64, offset: u64, record: codec::CommitRecord| {
+                batch.push((seg, offset, record));
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    // The applier stopped (it hit an error it reports).
+                    tx.send(full)
+                        .map_err(|_| StoreError::Stopped("replay stopped".into()))?;
+                }
+                Ok(())
+            };
+            let result = scan_wal(wal_dir, manifest, options, &mut notes, &mut emit);
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            (result, notes)
+        });
+        let mut applied: Result<u64, StoreError> = Ok(0);
+        'batches: for batch in rx.iter() {
+            for (segment, offset, record) in batch {
+                if record.time <= cut {
+                    continue;
+                }
+                if let Err(source) = engine.replay(record.time, &record.changes) {
+                    applied = Err(StoreError::Replay {
+                        segment,
+                        offset,
+                        source,
+                    });
+                    break 'batches;
+                }
+                let Ok(n) = applied.as_mut() else {
+                    break 'batches;
+                };
+                *n += 1;
+                if *n % REPLAY_COMPACT_EVERY == 0 {
+                    // Trim history beyond the horizon as we go, as the
+                    // running server would have: startup memory stays at
+                    // the steady state's.
+                    if let Some(horizon) = horizon_now(options) {
+                        engine.compact_to(horizon);
+                    }
+                }
+            }
+        }
+        drop(rx);
+        let (scanned, notes) = scanner
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (scanned, notes, applied)
+    });
+    recovery.replayed_commits += applied?;
+    recovery.wal_bytes += notes.wal_bytes;
+    recovery.truncated.extend(notes.truncated);
+    recovery.skipped.extend(notes.skipped);
+    recovery.missing_segments.extend(notes.missing_segments);
+    scanned
+}
+
+/// Reads the WAL segments after the manifest's cut, calling `emit` with
+/// every good record in log order, and applies the damage rules: a torn
+/// or damaged tail is cut (the writer truncates to the returned length),
+/// damage in the middle is an error or, with `recover`, skipped.
+fn scan_wal(
+    wal_dir: &FsPath,
+    manifest: &Manifest,
+    options: &StoreOptions,
+    recovery: &mut Recovery,
+    emit: &mut dyn FnMut(u64, u64, codec::CommitRecord) -> Result<(), StoreError>,
 ) -> Result<(u64, Option<u64>), StoreError> {
     let mut segments = wal::list_segments(wal_dir).map_err(io_err("listing WAL segments"))?;
     // Segments the archives cover were about to be deleted when we stopped.
@@ -936,10 +1019,12 @@ fn replay_wal(
         .filter_map(|(_, p)| fs::metadata(p).ok().map(|m| m.len()))
         .sum();
     let progress = Progress::new(options.progress, total);
-    let cut = Time::from(manifest.cut);
     let mut expected = manifest.next_segment;
     let count = segments.len();
     let mut last = (expected, None);
+    let mut cache = codec::PathCache::default();
+    // One buffer for every segment: no fresh pages to fault in per segment.
+    let mut bytes: Vec<u8> = Vec::new();
     for (i, (seq, path)) in segments.into_iter().enumerate() {
         let is_last = i + 1 == count;
         if seq != expected {
@@ -957,7 +1042,10 @@ fn replay_wal(
             recovery.missing_segments.extend(expected..seq);
         }
         expected = seq + 1;
-        let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        bytes.clear();
+        fs::File::open(&path)
+            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
+            .map_err(io_err(format!("reading {}", path.display())))?;
         if let Err(e) = wal::check_header(&bytes, seq) {
             match e {
                 // A crash while creating the newest segment: start it anew.
@@ -986,18 +1074,9 @@ fn replay_wal(
         let mut at = wal::SEGMENT_HEADER_BYTES;
         let mut valid_end = at;
         loop {
-            match wal::read_record(&bytes, at, options.max_record_bytes) {
+            match wal::read_record_cached(&bytes, at, options.max_record_bytes, &mut cache) {
                 RecordRead::Ok { record, next } => {
-                    if record.time > cut {
-                        engine
-                            .replay(record.time, &record.changes)
-                            .map_err(|source| StoreError::Replay {
-                                segment: seq,
-                                offset: at as u64,
-                                source,
-                            })?;
-                        recovery.replayed_commits += 1;
-                    }
+                    emit(seq, at as u64, record)?;
                     at = next;
                     valid_end = at;
                     progress.set(recovery.wal_bytes + at as u64);

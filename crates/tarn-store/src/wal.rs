@@ -36,8 +36,9 @@ const SEGMENT_MAGIC: &[u8; 8] = b"TARNWAL\0";
 pub enum SyncPolicy {
     /// `fdatasync` before acknowledging each group of commits.
     Always,
-    /// Gather commits for up to this many milliseconds, then `fdatasync`
-    /// once and acknowledge them all.
+    /// `fdatasync` at most once per this many milliseconds: commits
+    /// arriving within the window after a sync gather and share the next
+    /// one, which acknowledges them all.
     Batch(u64),
     /// Acknowledge once written to the OS; survives a crash of tarn, not
     /// of the machine.
@@ -249,6 +250,17 @@ pub enum BadRecord {
 
 /// Reads the record at `at` in `buf`.
 pub fn read_record(buf: &[u8], at: usize, max_record_bytes: usize) -> RecordRead {
+    read_record_cached(buf, at, max_record_bytes, &mut codec::PathCache::default())
+}
+
+/// Reads the record at `at` in `buf`, sharing decoded paths through
+/// `cache` (recovery replays many records of the same paths).
+pub fn read_record_cached(
+    buf: &[u8],
+    at: usize,
+    max_record_bytes: usize,
+    cache: &mut codec::PathCache,
+) -> RecordRead {
     let rest = &buf[at.min(buf.len())..];
     if rest.is_empty() {
         return RecordRead::End;
@@ -281,7 +293,7 @@ pub fn read_record(buf: &[u8], at: usize, max_record_bytes: usize) -> RecordRead
     if crc32c::crc32c(payload) != crc {
         return RecordRead::Bad(BadRecord::Checksum);
     }
-    match codec::decode_commit(payload) {
+    match codec::decode_commit_cached(payload, cache) {
         Ok(record) => RecordRead::Ok {
             record,
             next: at + need,

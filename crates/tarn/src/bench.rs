@@ -19,12 +19,28 @@ pub struct BenchArgs {
     /// How long to run each workload, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     duration_ms: u64,
+    /// Size of the WAL written for the replay figure, in MiB (`store`).
+    #[arg(long, default_value_t = 1024)]
+    replay_mib: u64,
+    /// Concurrent committers for the durable commit figures (`store`).
+    #[arg(long, default_value_t = 64)]
+    committers: usize,
+    /// Where to put the benchmark's data directories (`store`): on the
+    /// disk you want measured. Removed afterwards.
+    #[arg(long, default_value = "tarn-bench.tmp")]
+    dir: std::path::PathBuf,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum Area {
     /// The pure commit engine (tarn-core), one thread, no I/O.
     Core,
+    /// Durable storage (tarn-store): group commit, fsync, WAL replay.
+    Store,
+    /// Internal: open the data directory `--dir` in this fresh process and
+    /// print `<wal bytes> <seconds>` (how `store` times startup replay).
+    #[value(hide = true)]
+    ReplayProbe,
 }
 
 /// Runs the benchmarks of one area.
@@ -49,6 +65,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
             }
         }
+        Area::Store => {
+            crate::bench_store::run(&args.dir, duration, args.committers, args.replay_mib)?
+        }
+        Area::ReplayProbe => crate::bench_store::replay_probe(&args.dir)?,
     }
     Ok(())
 }

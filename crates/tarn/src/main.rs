@@ -3,8 +3,14 @@
 //! command line and dispatches.
 
 mod bench;
+mod bench_store;
 
 use anyhow::Result;
+
+/// jemalloc: measured fastest for the engine and for replay (see
+/// Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use clap::{Parser, Subcommand};
 
 /// tarn: a realtime, transactional, path-addressed database.

@@ -49,3 +49,60 @@ fn bad_arguments_get_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid value 'nosuch'"), "{err}");
 }
+
+#[test]
+fn bench_store_prints_every_figure_and_cleans_up() {
+    let scratch = std::env::temp_dir().join(format!("tarn-bench-test-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args([
+            "bench",
+            "store",
+            "--duration-ms",
+            "30",
+            "--replay-mib",
+            "2",
+            "--committers",
+            "4",
+            "--dir",
+        ])
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "store.fsync_per_sec",
+        "store.durable_commits_per_sec",
+        "store.commits_per_sec_batch",
+        "store.replay_mb_per_sec",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{want} ")))
+            .unwrap_or_else(|| panic!("missing {want} in:\n{text}"));
+        let value: f64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(value > 0.0, "{line}");
+    }
+    assert!(
+        !scratch.exists(),
+        "the benchmark left {} behind",
+        scratch.display()
+    );
+}
+
+#[test]
+fn bench_store_refuses_an_existing_directory() {
+    let dir = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "store", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert!(dir.exists());
+}
