@@ -5,5 +5,6 @@ mod crash;
 mod dirs;
 mod durability;
 mod faults;
+mod fixtures;
 mod support;
 mod transfer;
