@@ -25,5 +25,13 @@ for dep in tokio axum hyper rquickjs serde_json object_store; do
 done
 echo "ok"
 
+step "test dependencies"
+# An S3-compatible server for the archive tests (tarn-store tests/it/s3.rs).
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install --quiet "moto[server]"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+command -v moto_server
+
 step "tests (cargo test)"
 cargo test --workspace --locked

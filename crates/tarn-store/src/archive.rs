@@ -283,9 +283,11 @@ impl ArchiveStore {
     }
 
     /// Archives at an object store URL (`file:///dir`, `s3://bucket/prefix`,
-    /// ...); options come from the environment (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_ENDPOINT`, ...), as object_store reads them.
-    pub fn from_url(url: &str) -> Result<ArchiveStore, ArchiveError> {
+    /// ...). Options are object_store's keys (`aws_endpoint`,
+    /// `aws_access_key_id`, `aws_region`, `allow_http`, ...): first those
+    /// set in the environment (`AWS_*` variables), then `options`, which
+    /// win.
+    pub fn from_url(url: &str, options: &[(String, String)]) -> Result<ArchiveStore, ArchiveError> {
         let bad = |reason: String| ArchiveError::BadUrl {
             url: url.to_string(),
             reason,
@@ -297,7 +299,9 @@ impl ArchiveStore {
                 .map_err(|_| bad("not a local path".into()))?;
             return ArchiveStore::local(dir);
         }
-        let options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+        let options = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .chain(options.iter().cloned());
         let (store, prefix) =
             object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
         ArchiveStore::new(Arc::from(store), prefix, None)

@@ -68,6 +68,11 @@ pub struct StoreOptions {
     /// Where archives live (`archive.url`): `None` is `<data dir>/archive`;
     /// else an object store URL such as `s3://bucket/prefix`.
     pub archive_url: Option<String>,
+    /// Options of the archive object store (`archive.options.<key>`), by
+    /// object_store's key names: `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `allow_http`, ...
+    /// They override the `AWS_*` environment variables.
+    pub archive_options: Vec<(String, String)>,
     /// Archive sealed WAL segments in the background (`archive.enabled`).
     pub archive: bool,
     /// Merge delta archives into one once there are this many
@@ -90,6 +95,7 @@ impl Default for StoreOptions {
             max_record_bytes: 256 << 20,
             recover: false,
             archive_url: None,
+            archive_options: Vec::new(),
             archive: true,
             archive_merge_after: 8,
             archive_interval_ms: 1000,
@@ -352,7 +358,7 @@ pub fn prepare_data_dir(dir: &FsPath) -> Result<(), StoreError> {
 
 fn open_archives(dir: &FsPath, options: &StoreOptions) -> Result<ArchiveStore, StoreError> {
     Ok(match &options.archive_url {
-        Some(url) => ArchiveStore::from_url(url)?,
+        Some(url) => ArchiveStore::from_url(url, &options.archive_options)?,
         None => ArchiveStore::local(dir.join("archive"))?,
     })
 }

@@ -6,5 +6,6 @@ mod dirs;
 mod durability;
 mod faults;
 mod fixtures;
+mod s3;
 mod support;
 mod transfer;
