@@ -273,6 +273,9 @@ struct Shared {
     archive_wake: Condvar,
     wal_dir: PathBuf,
     archives: ArchiveStore,
+    /// The manifest as last written. Held for a whole archive pass, so the
+    /// background archiver and `Db::archive_now` never race.
+    manifest: Mutex<Manifest>,
     options: StoreOptions,
 }
 
@@ -412,6 +415,7 @@ impl Db {
             archive_wake: Condvar::new(),
             wal_dir,
             archives,
+            manifest: Mutex::new(manifest),
             options,
         });
         let mut threads = Vec::new();
@@ -426,7 +430,7 @@ impl Db {
         threads.push(
             std::thread::Builder::new()
                 .name("tarn-archiver".into())
-                .spawn(move || archiver(&s, manifest))
+                .spawn(move || archiver(&s))
                 .map_err(io_err("starting the archiver thread"))?,
         );
         Ok(Db {
@@ -543,8 +547,19 @@ impl Db {
     /// (the archiver does this in the background; tests and tools call it
     /// to be deterministic). Returns the number of archives written.
     pub fn archive_now(&self) -> Result<u64, StoreError> {
-        let mut manifest = self.shared.archives.manifest()?;
-        archive_pass(&self.shared, &mut manifest, true)
+        let mut manifest = self
+            .shared
+            .manifest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let result = archive_pass(&self.shared, &mut manifest, true);
+        if result.is_err() {
+            // Start the next pass from what is really stored.
+            if let Ok(stored) = self.shared.archives.manifest() {
+                *manifest = stored;
+            }
+        }
+        result
     }
 
     /// Flushes the log, stops the threads and closes the files.
@@ -683,7 +698,7 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
 
 /// The archiver thread: trims in-memory history and archives sealed
 /// segments, until close.
-fn archiver(shared: &Shared, mut manifest: Manifest) {
+fn archiver(shared: &Shared) {
     let interval = Duration::from_millis(shared.options.archive_interval_ms.max(1));
     loop {
         {
@@ -702,11 +717,13 @@ fn archiver(shared: &Shared, mut manifest: Manifest) {
             trim_memory(shared, &mut state);
         }
         if shared.options.archive {
+            let mut manifest = shared.manifest.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = archive_pass(shared, &mut manifest, false) {
-                // The WAL still holds everything: archiving retries later.
+                // The WAL still holds everything: archiving retries later,
+                // from what is really stored.
                 tracing::warn!(error = %e, "archiving failed; will retry");
-                if let Ok(m) = shared.archives.manifest() {
-                    manifest = m;
+                if let Ok(stored) = shared.archives.manifest() {
+                    *manifest = stored;
                 }
             }
         }

@@ -165,3 +165,32 @@ fn a_horizon_trims_archived_history_but_keeps_latest_values() {
         Err(StoreError::History(HistoryError::BeforeHorizon { .. }))
     ));
 }
+
+#[test]
+fn background_and_explicit_archiving_do_not_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        archive: true,
+        archive_interval_ms: 1,
+        archive_merge_after: 2,
+        ..options()
+    };
+    let expected;
+    {
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        for round in 0..20 {
+            fill(&db, 40);
+            set(&db, &format!("round/{round}"), round);
+            db.archive_now().unwrap();
+        }
+        expected = db.get(&Path::root()).unwrap().value;
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.get(&Path::root()).unwrap().value, expected);
+    let orphans: Vec<_> = std::fs::read_dir(dir.path().join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(orphans.len() <= 3, "archives pile up: {orphans:?}");
+}
