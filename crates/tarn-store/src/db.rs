@@ -230,6 +230,22 @@ pub struct Recovery {
     pub missing_segments: Vec<u64>,
 }
 
+/// A submitted commit: decided and queued, durable once `lsn` is.
+#[derive(Debug)]
+pub struct Pending {
+    /// The commit (its time, changes and watch deliveries).
+    pub commit: Arc<Commit>,
+    /// Its log sequence number.
+    pub lsn: u64,
+}
+
+/// What the flusher publishes to async waiters.
+#[derive(Clone, Copy, Debug, Default)]
+struct Durable {
+    lsn: u64,
+    failed: bool,
+}
+
 /// Counters for diagnostics and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DbStats {
@@ -257,6 +273,9 @@ struct State {
     current_segment: u64,
     failed: Option<String>,
     closing: bool,
+    /// Commits logged but not yet durable, for the feed: published in log
+    /// order once durable.
+    unpublished: std::collections::VecDeque<(u64, Arc<Commit>)>,
     /// Snapshot times pinned by exports and backups: in-memory history
     /// is not trimmed past the oldest.
     pins: BTreeMap<Time, usize>,
@@ -273,6 +292,12 @@ struct Shared {
     archive_wake: Condvar,
     wal_dir: PathBuf,
     archives: ArchiveStore,
+    /// Where durable commits are published in log order, if anyone
+    /// subscribed at open (the server's fan-out).
+    feed: Option<tokio::sync::mpsc::UnboundedSender<Arc<Commit>>>,
+    /// The durable lsn, for async waiters.
+    durable_tx: tokio::sync::watch::Sender<Durable>,
+    durable_rx: tokio::sync::watch::Receiver<Durable>,
     /// The manifest as last written. Held for a whole archive pass, so the
     /// background archiver and `Db::archive_now` never race.
     manifest: Mutex<Manifest>,
@@ -371,6 +396,19 @@ impl Db {
     /// replays the WAL, truncates a torn tail, and starts the flusher and
     /// archiver threads.
     pub fn open(dir: impl AsRef<FsPath>, options: StoreOptions) -> Result<Db, StoreError> {
+        Db::open_with_feed(dir, options, None)
+    }
+
+    /// Like [`Db::open`], and publishes every commit that changed
+    /// something on `feed` once it is durable, in log (commit time) order:
+    /// what a fan-out to watchers needs, since watches never show a change
+    /// before it is durable.
+    pub fn open_with_feed(
+        dir: impl AsRef<FsPath>,
+        options: StoreOptions,
+        feed: Option<tokio::sync::mpsc::UnboundedSender<Arc<Commit>>>,
+    ) -> Result<Db, StoreError> {
+        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable::default());
         let dir = dir.as_ref().to_path_buf();
         prepare_data_dir(&dir)?;
         let wal_dir = dir.join("wal");
@@ -408,6 +446,7 @@ impl Db {
                 failed: None,
                 closing: false,
                 pins: BTreeMap::new(),
+                unpublished: std::collections::VecDeque::new(),
                 stats: DbStats::default(),
             }),
             flushed: Condvar::new(),
@@ -416,6 +455,9 @@ impl Db {
             wal_dir,
             archives,
             manifest: Mutex::new(manifest),
+            feed,
+            durable_tx,
+            durable_rx,
             options,
         });
         let mut threads = Vec::new();
@@ -457,23 +499,59 @@ impl Db {
 
     /// Decides `txn` and returns once its commit is durable under the sync
     /// policy.
-    pub fn commit(&self, txn: Txn) -> Result<Commit, CommitError> {
+    pub fn commit(&self, txn: Txn) -> Result<Arc<Commit>, CommitError> {
+        let pending = self.submit(txn)?;
+        let state = self.lock();
+        self.wait_durable(state, pending.lsn)?;
+        Ok(pending.commit)
+    }
+
+    /// Decides `txn` and queues its record for the log, without waiting:
+    /// the commit is not acknowledged until [`Db::durable`] (or
+    /// [`Db::wait`]) says its `lsn` is durable. Submissions from one caller
+    /// are decided in the order they are made, so a pipelining client keeps
+    /// its order while waiting for many syncs at once.
+    pub fn submit(&self, txn: Txn) -> Result<Pending, CommitError> {
         let mut state = self.lock();
         if let Some(why) = &state.failed {
             return Err(StoreError::Stopped(why.clone()).into());
         }
-        let commit = state.engine.commit(txn, wall_ms())?;
-        let lsn = if commit.changes.is_empty() {
-            // A read-only commit logs nothing, but what it read must be
-            // durable before it is acknowledged.
-            state.next_lsn
-        } else {
+        let commit = Arc::new(state.engine.commit(txn, wall_ms())?);
+        if !commit.changes.is_empty() {
             append_record(&mut state, &commit);
+            if self.shared.feed.is_some() {
+                let lsn = state.next_lsn;
+                state.unpublished.push_back((lsn, Arc::clone(&commit)));
+            }
             self.shared.work.notify_one();
-            state.next_lsn
-        };
-        self.wait_durable(state, lsn)?;
-        Ok(commit)
+        }
+        // A read-only commit logs nothing, but what it read must be durable
+        // before it is acknowledged: it waits for everything before it.
+        Ok(Pending {
+            lsn: state.next_lsn,
+            commit,
+        })
+    }
+
+    /// Waits (blocking) until `lsn` is durable.
+    pub fn wait(&self, lsn: u64) -> Result<(), StoreError> {
+        let state = self.lock();
+        self.wait_durable(state, lsn)
+    }
+
+    /// Waits (async) until `lsn` is durable.
+    pub async fn durable(&self, lsn: u64) -> Result<(), StoreError> {
+        let mut rx = self.shared.durable_rx.clone();
+        let result = rx.wait_for(|d| d.lsn >= lsn || d.failed).await;
+        match result {
+            Ok(d) if d.lsn >= lsn => Ok(()),
+            _ => Err(StoreError::Stopped(
+                self.lock()
+                    .failed
+                    .clone()
+                    .unwrap_or_else(|| "the database closed".into()),
+            )),
+        }
     }
 
     fn wait_durable(&self, mut state: MutexGuard<'_, State>, lsn: u64) -> Result<(), StoreError> {
@@ -674,6 +752,18 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
         match result {
             Ok(sealed) => {
                 state.durable_lsn = upto;
+                if let Some(feed) = &shared.feed {
+                    while state
+                        .unpublished
+                        .front()
+                        .is_some_and(|(lsn, _)| *lsn <= upto)
+                    {
+                        if let Some((_, commit)) = state.unpublished.pop_front() {
+                            // A closed feed (server shutting down) is fine.
+                            let _ = feed.send(commit);
+                        }
+                    }
+                }
                 state.stats.flushes += 1;
                 state.stats.wal_bytes += buf.len() as u64;
                 state.current_segment = writer.seq();
@@ -687,7 +777,12 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
             }
         }
         let failed = state.failed.is_some();
+        let durable = Durable {
+            lsn: state.durable_lsn,
+            failed,
+        };
         drop(state);
+        shared.durable_tx.send_replace(durable);
         shared.flushed.notify_all();
         buf.clear();
         if failed {

@@ -17,6 +17,6 @@ pub mod export;
 pub mod wal;
 
 pub use backup::{backup, restore};
-pub use db::{CommitError, Db, DbStats, Recovery, StoreError, StoreOptions};
+pub use db::{CommitError, Db, DbStats, Pending, Recovery, StoreError, StoreOptions};
 pub use export::{ImportMode, TransferStats, export_json, import_json};
 pub use wal::SyncPolicy;

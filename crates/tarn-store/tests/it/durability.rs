@@ -194,3 +194,68 @@ fn background_and_explicit_archiving_do_not_race() {
         .collect();
     assert!(orphans.len() <= 3, "archives pile up: {orphans:?}");
 }
+
+#[test]
+fn the_feed_publishes_durable_commits_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let db = Arc::new(
+        Db::open_with_feed(
+            dir.path(),
+            StoreOptions {
+                sync: SyncPolicy::Batch(1),
+                ..options()
+            },
+            Some(tx),
+        )
+        .unwrap(),
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let db = Arc::clone(&db);
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    set(&db, &format!("t{t}/k{i}"), i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A read-only commit publishes nothing.
+    db.commit(Txn::new(
+        vec![tarn_core::Read::value(
+            p("t0/k0"),
+            db.get(&p("t0/k0")).unwrap().seen,
+        )],
+        vec![],
+    ))
+    .unwrap();
+    let mut last = tarn_core::Time::ZERO;
+    let mut n = 0;
+    while let Ok(commit) = rx.try_recv() {
+        assert!(commit.time > last, "feed out of order");
+        last = commit.time;
+        n += 1;
+    }
+    assert_eq!(n, 800);
+}
+
+#[test]
+fn submit_keeps_order_and_durable_waits_async() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    let a = db.submit(Txn::set(p("x"), Value::Int(1))).unwrap();
+    let b = db.submit(Txn::set(p("x"), Value::Int(2))).unwrap();
+    assert!(b.commit.time > a.commit.time && b.lsn > a.lsn);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(db.durable(b.lsn)).unwrap();
+    db.wait(a.lsn).unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(get(&db, "x"), Some(Value::Int(2)));
+}

@@ -24,7 +24,7 @@ pub fn options() -> StoreOptions {
     }
 }
 
-pub fn set(db: &Db, path: &str, v: i64) -> tarn_core::Commit {
+pub fn set(db: &Db, path: &str, v: i64) -> std::sync::Arc<tarn_core::Commit> {
     db.commit(Txn::set(p(path), Value::Int(v))).unwrap()
 }
 

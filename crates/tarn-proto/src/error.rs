@@ -1,0 +1,108 @@
+//! Error codes: every error on the wire is `{code, message}` with a code
+//! from this list. Codes are stable (clients match on them); messages are
+//! for people. docs/protocol.md lists them all.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::WireTime;
+
+/// A stable error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame or body is not a valid message (bad JSON/MessagePack,
+    /// unknown type, wrong field types).
+    BadRequest,
+    /// A path breaks the path rules or limits.
+    BadPath,
+    /// A value breaks the value rules or limits.
+    BadValue,
+    /// A transaction is malformed (duplicate paths, too many reads, ...).
+    BadTransaction,
+    /// A message or body is larger than the limit.
+    TooLarge,
+    /// A read was overtaken by a newer write: read again and retry.
+    Conflict,
+    /// A read saw a version whose history was compacted: read again.
+    Compacted,
+    /// A dependency of the transaction was rejected.
+    DependencyRejected,
+    /// A time before the history horizon.
+    BeforeHorizon,
+    /// A time after the newest commit.
+    AfterNewest,
+    /// Too many watches on this connection.
+    TooManyWatches,
+    /// Too many requests in flight or per second on this connection.
+    RateLimited,
+    /// Too many connections to the server.
+    TooManyConnections,
+    /// The client did not read fast enough; the connection is closed.
+    SlowConsumer,
+    /// An unknown watch id.
+    UnknownWatch,
+    /// The client's protocol version is not supported.
+    UnsupportedVersion,
+    /// The server's storage stopped after a failure; restart it.
+    Unavailable,
+    /// A bug or an unexpected failure on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::BadValue => "bad_value",
+            ErrorCode::BadTransaction => "bad_transaction",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Compacted => "compacted",
+            ErrorCode::DependencyRejected => "dependency_rejected",
+            ErrorCode::BeforeHorizon => "before_horizon",
+            ErrorCode::AfterNewest => "after_newest",
+            ErrorCode::TooManyWatches => "too_many_watches",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::UnknownWatch => "unknown_watch",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error as sent: a code, a message, and for rejections the path and
+/// versions that explain it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+    /// The path involved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For conflicts: the version the transaction saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<WireTime>,
+    /// For conflicts: the newer write that beat it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer: Option<WireTime>,
+}
+
+impl ErrorBody {
+    /// An error with a code and message only.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+            path: None,
+            seen: None,
+            newer: None,
+        }
+    }
+}
