@@ -167,6 +167,14 @@ impl Engine {
         self.check_id(txn)?;
         self.check_shape(txn)?;
         let ops = self.prepare_writes(&txn.writes)?;
+        let changes = self.store.max_changes(&ops);
+        if changes > self.config.txns.max_changes as u64 {
+            return Err(InvalidTxn::TooManyChanges {
+                count: changes,
+                max: self.config.txns.max_changes,
+            }
+            .into());
+        }
         self.check_reads(txn)?;
 
         let time = self.hlc.now(wall_ms);

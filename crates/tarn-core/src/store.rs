@@ -425,6 +425,19 @@ impl Store {
     /// must be newer than every commit applied before. Returns the leaf
     /// changes, sorted by path, one per path (the last write to a path in
     /// the transaction wins).
+    /// An upper bound of the changes `ops` would make: the leaves written,
+    /// the live leaves under every replaced or deleted path, and one
+    /// replaced ancestor leaf per write.
+    pub(crate) fn max_changes(&self, ops: &[LeafOp]) -> u64 {
+        let live = |p: &Path| self.root.get(p.keys()).map_or(0, |n| n.live);
+        ops.iter()
+            .map(|op| match op {
+                LeafOp::Delete(path) => live(path),
+                LeafOp::Replace { at, leaves } => live(at) + 2 * leaves.len() as u64,
+            })
+            .sum()
+    }
+
     pub(crate) fn apply(&mut self, time: Time, ops: &[LeafOp]) -> Vec<Change> {
         assert!(
             time > self.newest,

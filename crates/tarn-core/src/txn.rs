@@ -198,6 +198,10 @@ pub struct TxnLimits {
     pub max_bytes: usize,
     /// Most dependencies (config `limits.max_txn_dependencies`).
     pub max_dependencies: usize,
+    /// Most leaf changes one commit may make, counting the deletions it
+    /// implies (replacing or deleting a subtree deletes its leaves)
+    /// (config `limits.max_txn_changes`). Bounds the size of a log record.
+    pub max_changes: usize,
 }
 
 impl Default for TxnLimits {
@@ -208,6 +212,7 @@ impl Default for TxnLimits {
             max_leaves: 100_000,
             max_bytes: 16 << 20,
             max_dependencies: 1_000,
+            max_changes: 1_000_000,
         }
     }
 }
@@ -273,6 +278,16 @@ pub enum InvalidTxn {
     TooLarge {
         /// Bytes written, as JSON.
         bytes: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// Too many leaf changes, counting implied deletions.
+    #[error(
+        "transaction would change {count} leaves (deleting or replacing subtrees counts their leaves); the limit is {max}: delete large subtrees in parts"
+    )]
+    TooManyChanges {
+        /// Changes it would make (an upper bound).
+        count: u64,
         /// The configured limit.
         max: usize,
     },

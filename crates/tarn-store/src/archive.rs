@@ -274,10 +274,20 @@ impl std::fmt::Debug for ArchiveStore {
 impl ArchiveStore {
     /// Archives in a local directory (created if missing).
     pub fn local(dir: PathBuf) -> Result<ArchiveStore, ArchiveError> {
-        std::fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io {
-            context: format!("creating archive directory {}", dir.display()),
-            source,
-        })?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io {
+                context: format!("creating archive directory {}", dir.display()),
+                source,
+            })?;
+            // The directory entry must survive a crash: the WAL is deleted
+            // on the strength of what is inside.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|source| ArchiveError::Io {
+                    context: format!("syncing {}", parent.display()),
+                    source,
+                })?;
+            }
+        }
         let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
         ArchiveStore::new(Arc::new(store), ObjPath::default(), Some(dir))
     }
@@ -391,6 +401,11 @@ impl ArchiveStore {
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
+    }
+
+    /// True if a manifest exists.
+    pub fn has_manifest(&self) -> Result<bool, ArchiveError> {
+        Ok(self.get(MANIFEST)?.is_some())
     }
 
     /// Reads the manifest; a missing one is an empty database.

@@ -13,7 +13,7 @@ use std::path::Path as FsPath;
 use tarn_core::{Path, Time};
 
 use crate::archive::{self, ArchiveMeta, ArchiveStore, Manifest, Versions};
-use crate::db::{Db, IDENTITY_FILE, StoreError, prepare_data_dir};
+use crate::db::{Db, IDENTITY_FILE, StoreError, prepare_data_dir, write_identity};
 use crate::wal;
 
 /// Leaves read per page while backing up.
@@ -69,7 +69,9 @@ pub fn backup(db: &Db, dest: &FsPath) -> Result<BackupInfo, StoreError> {
         }
     }
     drop(snapshot);
-    prepare_data_dir(dest)?;
+    // Everything first, the identity file last: an interrupted backup is
+    // never mistaken for a (smaller) database.
+    fs::create_dir_all(dest.join("wal")).map_err(io(format!("creating {}", dest.display())))?;
     let archives = ArchiveStore::local(dest.join("archive"))?;
     let name = "b-backup.tarc".to_string();
     let encoded = archive::encode_archive(&versions);
@@ -95,11 +97,12 @@ pub fn backup(db: &Db, dest: &FsPath) -> Result<BackupInfo, StoreError> {
     };
     archives.put(&name, encoded)?;
     archives.put_manifest(&manifest)?;
+    write_identity(dest)?;
     Ok(info)
 }
 
-/// Copies the backup (or any closed data directory) at `from` into
-/// `to`, which must be new or empty. Refuses anything that is not a tarn
+/// Copies the backup (or any closed data directory whose archives are
+/// local) at `from` into `to`, which must be new or empty. Refuses anything that is not a tarn
 /// data directory this build can read, without changing it.
 pub fn restore(from: &FsPath, to: &FsPath) -> Result<(), StoreError> {
     if !from.join(IDENTITY_FILE).exists() {
@@ -111,21 +114,31 @@ pub fn restore(from: &FsPath, to: &FsPath) -> Result<(), StoreError> {
     // it exists, so nothing is created.
     prepare_data_dir(from)?;
     require_empty(to, "restore target")?;
-    copy_dir(from, to)?;
+    // The identity file last: an interrupted restore is not a database.
+    copy_dir(from, to, true)?;
+    fs::copy(from.join(IDENTITY_FILE), to.join(IDENTITY_FILE))
+        .map_err(io(format!("copying the identity file to {}", to.display())))?;
+    fs::File::open(to.join(IDENTITY_FILE))
+        .and_then(|f| f.sync_all())
+        .map_err(io("syncing the identity file".into()))?;
     wal::sync_dir(to).map_err(io(format!("syncing {}", to.display())))?;
     Ok(())
 }
 
-fn copy_dir(from: &FsPath, to: &FsPath) -> Result<(), StoreError> {
+fn copy_dir(from: &FsPath, to: &FsPath, skip_identity: bool) -> Result<(), StoreError> {
     fs::create_dir_all(to).map_err(io(format!("creating {}", to.display())))?;
     for entry in fs::read_dir(from).map_err(io(format!("reading {}", from.display())))? {
         let entry = entry.map_err(io(format!("reading {}", from.display())))?;
+        if skip_identity && (entry.file_name() == IDENTITY_FILE || entry.file_name() == "TARN.tmp")
+        {
+            continue;
+        }
         let target = to.join(entry.file_name());
         let kind = entry
             .file_type()
             .map_err(io(format!("reading {}", entry.path().display())))?;
         if kind.is_dir() {
-            copy_dir(&entry.path(), &target)?;
+            copy_dir(&entry.path(), &target, false)?;
         } else {
             fs::copy(entry.path(), &target).map_err(io(format!(
                 "copying {} to {}",

@@ -60,7 +60,9 @@ pub struct StoreOptions {
     /// default 64 MiB).
     pub segment_bytes: u64,
     /// Largest record accepted when reading the WAL
-    /// (`wal.max_record_bytes`, default 256 MiB).
+    /// (`wal.max_record_bytes`, default 4 GiB - 1, the frame's limit).
+    /// Records written are bounded well below by the transaction limits
+    /// (`limits.max_txn_changes`, values and path sizes).
     pub max_record_bytes: usize,
     /// Skip damaged records in the middle of the WAL instead of refusing
     /// to open (`--recover`). Every skip is logged with its offsets.
@@ -92,7 +94,7 @@ impl Default for StoreOptions {
         StoreOptions {
             sync: SyncPolicy::default(),
             segment_bytes: 64 << 20,
-            max_record_bytes: 256 << 20,
+            max_record_bytes: u32::MAX as usize,
             recover: false,
             archive_url: None,
             archive_options: Vec::new(),
@@ -188,6 +190,20 @@ pub enum StoreError {
         offset: u64,
         /// What is wrong.
         source: tarn_core::ReplayError,
+    },
+    /// The archives hold versions out of time order.
+    #[error("the archives are damaged: {source}")]
+    ArchiveReplay {
+        /// What is wrong.
+        source: tarn_core::ReplayError,
+    },
+    /// The archive manifest is missing but archives exist.
+    #[error(
+        "the archive manifest is missing but {count} archive files exist at the archive location; restore the MANIFEST from a backup (opening now would lose the archived data)"
+    )]
+    ManifestMissing {
+        /// Archive files found.
+        count: usize,
     },
     /// A write or sync of the log failed earlier; the database stopped.
     #[error(
@@ -364,24 +380,40 @@ pub fn prepare_data_dir(dir: &FsPath) -> Result<(), StoreError> {
         return Ok(());
     }
     if dir.exists() {
-        let mut entries =
-            fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
-        if entries.next().is_some() {
-            return Err(StoreError::NotADataDir {
-                dir: dir.to_path_buf(),
-            });
+        // A crash while creating the directory may leave the identity
+        // file's temporary copy, or an empty wal/: still a new directory.
+        for entry in fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
+            let name = entry.file_name();
+            let leftover = name == "TARN.tmp"
+                || (name == "wal"
+                    && fs::read_dir(entry.path()).is_ok_and(|mut d| d.next().is_none()));
+            if !leftover {
+                return Err(StoreError::NotADataDir {
+                    dir: dir.to_path_buf(),
+                });
+            }
         }
     }
+    fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    write_identity(dir)?;
     fs::create_dir_all(dir.join("wal")).map_err(io_err(format!("creating {}", dir.display())))?;
+    wal::sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+    Ok(())
+}
+
+/// Writes the identity file atomically (temporary file, fsync, rename,
+/// fsync of the directory). Whoever builds a data directory writes it
+/// last, so an interrupted build is never mistaken for a database.
+pub fn write_identity(dir: &FsPath) -> Result<(), StoreError> {
     let text = format!("{{\"tarn\": \"data-dir\", \"format\": {DATA_DIR_FORMAT}}}\n");
     let tmp = dir.join("TARN.tmp");
     fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
     fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(io_err("syncing the identity file"))?;
-    fs::rename(&tmp, &identity).map_err(io_err("placing the identity file"))?;
-    wal::sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
-    Ok(())
+    fs::rename(&tmp, dir.join(IDENTITY_FILE)).map_err(io_err("placing the identity file"))?;
+    wal::sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))
 }
 
 fn open_archives(dir: &FsPath, options: &StoreOptions) -> Result<ArchiveStore, StoreError> {
@@ -415,6 +447,16 @@ impl Db {
         fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
         let archives = open_archives(&dir, &options)?;
         let manifest = archives.manifest()?;
+        if manifest.archives.is_empty() && !archives.has_manifest()? {
+            let stray = archives
+                .list()?
+                .into_iter()
+                .filter(|n| n.ends_with(".tarc"))
+                .count();
+            if stray > 0 {
+                return Err(StoreError::ManifestMissing { count: stray });
+            }
+        }
 
         let mut engine = Engine::new(options.engine.clone());
         let mut recovery = Recovery::default();
@@ -580,6 +622,19 @@ impl Db {
         let lsn = state.next_lsn;
         self.wait_durable(state, lsn)?;
         Ok(out)
+    }
+
+    /// Runs `f` on the engine under the state lock without waiting;
+    /// returns its result and the lsn to await with [`Db::durable`] before
+    /// showing the result to anyone (it may include commits not yet
+    /// durable). For async callers, which must not block on a sync.
+    pub fn peek<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<(R, u64), StoreError> {
+        let mut state = self.lock();
+        if let Some(why) = &state.failed {
+            return Err(StoreError::Stopped(why.clone()));
+        }
+        let out = f(&mut state.engine);
+        Ok((out, state.next_lsn))
     }
 
     /// The latest value at `path`.
@@ -806,7 +861,9 @@ fn archiver(shared: &Shared) {
                 .wait_timeout(state, interval)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-            if state.closing {
+            if state.closing || state.failed.is_some() {
+                // Closed, or stopped after a WAL failure: nothing more to
+                // archive until a restart recovers.
                 return;
             }
             trim_memory(shared, &mut state);
@@ -856,6 +913,10 @@ fn archive_pass(
             continue;
         }
         let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        wal::check_header(&bytes, seq).map_err(|source| StoreError::BadSegment {
+            segment: seq,
+            source,
+        })?;
         let mut versions = Versions::new();
         let mut through = Time::from(manifest.cut);
         let mut at = wal::SEGMENT_HEADER_BYTES;
@@ -872,12 +933,26 @@ fn archive_pass(
                     at = next;
                 }
                 RecordRead::End => break,
-                // Skipped at open with --recover; the good records are in.
-                RecordRead::Bad(_) => {
+                RecordRead::Bad(bad) if shared.options.recover => {
+                    // Damage skipped at open with --recover: skip it here
+                    // too, logged; the good records around it are kept.
+                    tracing::warn!(segment = seq, offset = at, reason = %bad, "archiving skips damaged WAL bytes (--recover)");
                     match wal::find_next_record(&bytes, at + 1, shared.options.max_record_bytes) {
                         Some(next) => at = next,
                         None => break,
                     }
+                }
+                RecordRead::Bad(bad) => {
+                    // A sealed segment went bad after open: keep it (and
+                    // the WAL) and report; never archive it silently.
+                    let next =
+                        wal::find_next_record(&bytes, at + 1, shared.options.max_record_bytes);
+                    return Err(StoreError::Corrupt {
+                        segment: seq,
+                        offset: at as u64,
+                        reason: describe(&bad),
+                        next_good: next.map(|n| n as u64),
+                    });
                 }
             }
         }
@@ -1003,11 +1078,7 @@ fn load_archives(
         }
         engine
             .replay(time, &changes)
-            .map_err(|source| StoreError::Replay {
-                segment: 0,
-                offset: 0,
-                source,
-            })?;
+            .map_err(|source| StoreError::ArchiveReplay { source })?;
     }
     // The clock resumes past the cut even if the newest archived version
     // is older (a backup's snapshot time may follow deletions).
@@ -1015,11 +1086,7 @@ fn load_archives(
     if cut > engine.newest() {
         engine
             .replay(cut, &[])
-            .map_err(|source| StoreError::Replay {
-                segment: 0,
-                offset: 0,
-                source,
-            })?;
+            .map_err(|source| StoreError::ArchiveReplay { source })?;
     }
     engine.compact_to(Time::from(manifest.floor));
     Ok(())
@@ -1200,6 +1267,18 @@ fn scan_wal(
                     progress.set(recovery.wal_bytes + at as u64);
                 }
                 RecordRead::End => break,
+                RecordRead::Bad(BadRecord::Decode(codec::DecodeError::NewerVersion {
+                    found,
+                    max,
+                })) => {
+                    // A whole, checksummed record from a newer tarn: not
+                    // damage, and not ours to cut.
+                    return Err(StoreError::NewerFormat {
+                        what: format!("a record at byte {at} of WAL segment {}", path.display()),
+                        found: u32::from(found),
+                        max: u32::from(max),
+                    });
+                }
                 RecordRead::Bad(bad) => {
                     let next = wal::find_next_record(&bytes, at + 1, options.max_record_bytes);
                     match next {

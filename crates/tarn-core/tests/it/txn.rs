@@ -194,6 +194,7 @@ fn transaction_limits_are_enforced() {
             max_leaves: 3,
             max_bytes: 10,
             max_dependencies: 1,
+            max_changes: 1_000_000,
         },
         ..tarn_core::EngineConfig::default()
     });
@@ -552,4 +553,37 @@ fn a_skipped_dependency_is_not_submitted_rather_than_forgotten() {
         e.commit(t, 3),
         Err(TxnError::Invalid(InvalidTxn::DependencyNotSubmitted { .. }))
     ));
+}
+
+#[test]
+fn deleting_a_huge_subtree_is_refused_before_anything_changes() {
+    let mut e = tarn_core::Engine::new(tarn_core::EngineConfig {
+        txns: tarn_core::TxnLimits {
+            max_changes: 50,
+            ..tarn_core::TxnLimits::default()
+        },
+        ..tarn_core::EngineConfig::default()
+    });
+    let many: tarn_core::Value = (0..40).map(|i| (format!("k{i}"), int(i))).collect();
+    e.commit(Txn::set(p("big"), many.clone()), 1).unwrap();
+    e.commit(Txn::set(p("big2"), many), 2).unwrap();
+    let before = e.store().get(&Path::root());
+    let txn = Txn::new(
+        vec![],
+        vec![
+            Write::Delete { path: p("big") },
+            Write::Delete { path: p("big2") },
+        ],
+    );
+    assert!(matches!(
+        e.commit(txn, 3),
+        Err(TxnError::Invalid(InvalidTxn::TooManyChanges {
+            count: 80,
+            max: 50
+        }))
+    ));
+    assert_eq!(e.store().get(&Path::root()), before);
+    // In parts, it works.
+    e.commit(Txn::new(vec![], vec![Write::Delete { path: p("big") }]), 4)
+        .unwrap();
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
 
-use tarn_store::{Db, StoreError};
+use tarn_store::{Db, StoreError, StoreOptions};
 
 use crate::support::{options, set};
 
@@ -116,4 +116,93 @@ fn crc32c_of(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+#[test]
+fn a_record_from_a_newer_tarn_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        set(&db, "a", 1);
+        set(&db, "b", 2);
+    }
+    // Rewrite the last record's payload version byte, with a valid CRC.
+    let seg = dir
+        .path()
+        .join("wal")
+        .join(tarn_store::wal::segment_name(1));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut at = tarn_store::wal::SEGMENT_HEADER_BYTES;
+    let mut last = at;
+    while let tarn_store::wal::RecordRead::Ok { next, .. } =
+        tarn_store::wal::read_record(&bytes, at, usize::MAX)
+    {
+        last = at;
+        at = next;
+    }
+    let payload = last + tarn_store::wal::RECORD_HEADER_BYTES;
+    bytes[payload] = 9;
+    let crc = crc32c_of(&bytes[payload..at]);
+    bytes[last + 8..last + 12].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    let before = contents(dir.path());
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerFormat { found: 9, .. }),
+        "{err}"
+    );
+    assert_eq!(contents(dir.path()), before);
+}
+
+#[test]
+fn archives_without_their_manifest_are_not_thrown_away() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(
+            dir.path(),
+            StoreOptions {
+                segment_bytes: 256,
+                ..options()
+            },
+        )
+        .unwrap();
+        for i in 0..50 {
+            set(&db, &format!("k{i}"), i);
+        }
+        assert!(db.archive_now().unwrap() > 0);
+    }
+    std::fs::remove_file(dir.path().join("archive/MANIFEST")).unwrap();
+    let before = contents(dir.path());
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(matches!(err, StoreError::ManifestMissing { .. }), "{err}");
+    assert_eq!(contents(dir.path()), before);
+}
+
+#[test]
+fn leftovers_of_an_interrupted_creation_are_a_new_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("TARN.tmp"), "{").unwrap();
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    set(&db, "a", 1);
+}
+
+#[test]
+fn an_interrupted_backup_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    set(&db, "a", 1);
+    let out = tempfile::tempdir().unwrap();
+    let backup = out.path().join("b");
+    tarn_store::backup(&db, &backup).unwrap();
+    // Simulate a crash before the identity file was written.
+    std::fs::remove_file(backup.join("TARN")).unwrap();
+    assert!(matches!(
+        tarn_store::restore(&backup, &out.path().join("r")),
+        Err(StoreError::NotADataDir { .. })
+    ));
+    assert!(matches!(
+        Db::open(&backup, options()),
+        Err(StoreError::NotADataDir { .. })
+    ));
 }
