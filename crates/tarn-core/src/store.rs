@@ -427,13 +427,14 @@ impl Store {
     /// the transaction wins).
     /// An upper bound of the changes `ops` would make: the leaves written,
     /// the live leaves under every replaced or deleted path, and one
-    /// replaced ancestor leaf per write.
+    /// replaced ancestor leaf per write (a path has at most one live leaf
+    /// above it).
     pub(crate) fn max_changes(&self, ops: &[LeafOp]) -> u64 {
         let live = |p: &Path| self.root.get(p.keys()).map_or(0, |n| n.live);
         ops.iter()
             .map(|op| match op {
                 LeafOp::Delete(path) => live(path),
-                LeafOp::Replace { at, leaves } => live(at) + 2 * leaves.len() as u64,
+                LeafOp::Replace { at, leaves } => live(at) + leaves.len() as u64 + 1,
             })
             .sum()
     }
