@@ -262,7 +262,19 @@ pub struct ArchiveStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
     local: Option<PathBuf>,
-    runtime: tokio::runtime::Runtime,
+    /// `Some` until drop (see `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ArchiveStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside another
+        // runtime (a server dropping its database); shut it down in the
+        // background instead.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for ArchiveStore {
@@ -333,15 +345,19 @@ impl ArchiveStore {
             store,
             prefix,
             local,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
     /// Runs an object store call to completion from any thread, including
     /// threads of another tokio runtime.
     fn block_on<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until the store is dropped");
         std::thread::scope(|s| {
-            s.spawn(|| self.runtime.block_on(fut))
+            s.spawn(|| runtime.block_on(fut))
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })

@@ -4,14 +4,17 @@
 
 mod bench;
 mod bench_store;
+mod cli;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::{Parser, Subcommand};
 
 /// jemalloc: measured fastest for the engine and for replay (see
 /// Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use clap::{Parser, Subcommand};
 
 /// tarn: a realtime, transactional, path-addressed database.
 #[derive(Parser, Debug)]
@@ -24,21 +27,89 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (embedded store in ./tarn-data, listening on 127.0.0.1:7070).
-    Serve,
+    Serve {
+        /// Data directory (default ./tarn-data; env TARN_DATA_DIR).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:7070; env TARN_LISTEN).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// A TOML config file (settings and limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Skip damaged records in the middle of the WAL at startup (logged).
+        #[arg(long)]
+        recover: bool,
+    },
     /// Measure tarn and print one line per figure: `<area>.<metric> <value> <unit>`.
     Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => {
-            eprintln!(
-                "tarn serve: the server is not yet implemented in this build; \
-                 the commit engine can be measured with `tarn bench core`"
-            );
-            std::process::exit(2);
-        }
+        Command::Serve {
+            data,
+            listen,
+            config,
+            recover,
+        } => serve(data, listen, config, recover),
         Command::Bench(args) => bench::run(args),
+        Command::Client(cmd) => cli::run(cmd),
     }
+}
+
+fn serve(
+    data: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+    recover: bool,
+) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = tarn_server::ServerConfig::load(config.as_deref())?;
+    if let Some(data) = data {
+        config.data_dir = data;
+    }
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    config.wal.recover |= recover;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(tarn_server::run(config, shutdown_signal(), |addr| {
+        // Scripts and tests wait for this line.
+        println!("tarn listening on http://{addr}");
+    }))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("tarn: shutting down (flushing the write-ahead log)");
 }

@@ -1,0 +1,322 @@
+//! Server settings: defaults that need no configuration, a TOML file
+//! (`--config`), and `TARN_*` environment variables, in that order of
+//! precedence (later wins).
+//!
+//! ```toml
+//! listen = "127.0.0.1:7070"
+//! data_dir = "./tarn-data"
+//! tick_ms = 5
+//! [wal]
+//! sync = "batch(2)"          # always | never | batch(<ms>)
+//! segment_bytes = 67108864
+//! [history]
+//! horizon_ms = 600000        # or: forever = true
+//! [archive]
+//! url = "s3://bucket/prefix" # default: <data_dir>/archive
+//! [limits]
+//! max_message_bytes = 16777216
+//! max_watches_per_connection = 10000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tarn_core::{EngineConfig, Retention};
+use tarn_store::{StoreOptions, SyncPolicy};
+
+/// Every setting of the server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (`listen`, env `TARN_LISTEN`).
+    pub listen: SocketAddr,
+    /// Data directory (`data_dir`, env `TARN_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Watch updates are flushed to a connection at most once per tick
+    /// (`tick_ms`, env `TARN_TICK_MS`).
+    pub tick_ms: u64,
+    /// The write-ahead log.
+    pub wal: WalConfig,
+    /// History retention.
+    pub history: HistoryConfig,
+    /// Archives.
+    pub archive: ArchiveConfig,
+    /// Limits (DESIGN §10).
+    pub limits: Limits,
+}
+
+/// `[wal]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// `always`, `never` or `batch(<ms>)` (env `TARN_WAL_SYNC`).
+    pub sync: String,
+    /// Segment size in bytes.
+    pub segment_bytes: u64,
+    /// Skip damaged records in the middle of the log at startup.
+    pub recover: bool,
+}
+
+/// `[history]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Keep versions this many ms (env `TARN_HISTORY_HORIZON_MS`).
+    pub horizon_ms: u64,
+    /// Keep every version (time travel and undo), ignoring `horizon_ms`.
+    pub forever: bool,
+}
+
+/// `[archive]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Object store URL (env `TARN_ARCHIVE_URL`); default: the data dir.
+    pub url: Option<String>,
+    /// object_store options (`aws_endpoint`, `aws_region`, ...).
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// `[limits]`: every limit has a default here and a typed error on the
+/// wire.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket message or HTTP body (`too_large`).
+    pub max_message_bytes: usize,
+    /// Largest leaf value, as JSON (`bad_value`).
+    pub max_value_bytes: usize,
+    /// Longest path in bytes (`bad_path`).
+    pub max_path_bytes: usize,
+    /// Longest key in bytes (`bad_path`).
+    pub max_key_bytes: usize,
+    /// Deepest path (`bad_path`).
+    pub max_path_depth: usize,
+    /// Watches per connection (`too_many_watches`).
+    pub max_watches_per_connection: usize,
+    /// Requests in flight per connection (`rate_limited`).
+    pub max_in_flight_per_connection: usize,
+    /// Bytes queued to a connection before it is closed as a slow
+    /// consumer (`slow_consumer`).
+    pub max_send_buffer_bytes: usize,
+    /// Open connections (WebSocket and SSE) per server
+    /// (`too_many_connections`).
+    pub max_connections: usize,
+    /// Requests per second per connection (`rate_limited`).
+    pub max_requests_per_sec: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("tarn-data"),
+            tick_ms: 5,
+            wal: WalConfig::default(),
+            history: HistoryConfig::default(),
+            archive: ArchiveConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            sync: "batch(2)".into(),
+            segment_bytes: 64 << 20,
+            recover: false,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            horizon_ms: 10 * 60 * 1000,
+            forever: false,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 << 20,
+            max_value_bytes: 1 << 20,
+            max_path_bytes: 1024,
+            max_key_bytes: 256,
+            max_path_depth: 32,
+            max_watches_per_connection: 10_000,
+            max_in_flight_per_connection: 1024,
+            max_send_buffer_bytes: 16 << 20,
+            max_connections: 10_000,
+            max_requests_per_sec: 100_000,
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ServerConfig {
+    /// Defaults, then the file (if any), then `TARN_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
+        let mut config = match file {
+            None => ServerConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.sync_policy().map_err(|message| ConfigError::Env {
+            name: "wal.sync".into(),
+            value: config.wal.sync.clone(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Applies `TARN_*` overrides read through `var`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.into(),
+                value,
+                message: e.to_string(),
+            })
+        }
+        if let Some(v) = var("TARN_LISTEN") {
+            self.listen = parse("TARN_LISTEN", v)?;
+        }
+        if let Some(v) = var("TARN_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("TARN_TICK_MS") {
+            self.tick_ms = parse("TARN_TICK_MS", v)?;
+        }
+        if let Some(v) = var("TARN_WAL_SYNC") {
+            self.wal.sync = v;
+        }
+        if let Some(v) = var("TARN_HISTORY_HORIZON_MS") {
+            self.history.horizon_ms = parse("TARN_HISTORY_HORIZON_MS", v)?;
+        }
+        if let Some(v) = var("TARN_ARCHIVE_URL") {
+            self.archive.url = Some(v);
+        }
+        if let Some(v) = var("TARN_LIMITS_MAX_MESSAGE_BYTES") {
+            self.limits.max_message_bytes = parse("TARN_LIMITS_MAX_MESSAGE_BYTES", v)?;
+        }
+        if let Some(v) = var("TARN_LIMITS_MAX_SEND_BUFFER_BYTES") {
+            self.limits.max_send_buffer_bytes = parse("TARN_LIMITS_MAX_SEND_BUFFER_BYTES", v)?;
+        }
+        if let Some(v) = var("TARN_LIMITS_MAX_WATCHES_PER_CONNECTION") {
+            self.limits.max_watches_per_connection =
+                parse("TARN_LIMITS_MAX_WATCHES_PER_CONNECTION", v)?;
+        }
+        if let Some(v) = var("TARN_LIMITS_MAX_CONNECTIONS") {
+            self.limits.max_connections = parse("TARN_LIMITS_MAX_CONNECTIONS", v)?;
+        }
+        Ok(())
+    }
+
+    /// The parsed sync policy.
+    pub fn sync_policy(&self) -> Result<SyncPolicy, String> {
+        self.wal.sync.parse()
+    }
+
+    /// The store's options from these settings.
+    pub fn store_options(&self) -> Result<StoreOptions, String> {
+        let mut engine = EngineConfig {
+            retention: if self.history.forever {
+                Retention::Forever
+            } else {
+                Retention::HorizonMs(self.history.horizon_ms)
+            },
+            ..EngineConfig::default()
+        };
+        engine.paths.max_key_bytes = self.limits.max_key_bytes;
+        engine.paths.max_depth = self.limits.max_path_depth;
+        engine.paths.max_path_bytes = self.limits.max_path_bytes;
+        engine.values.max_value_bytes = self.limits.max_value_bytes;
+        Ok(StoreOptions {
+            sync: self.sync_policy()?,
+            segment_bytes: self.wal.segment_bytes,
+            recover: self.wal.recover,
+            archive_url: self.archive.url.clone(),
+            archive_options: self
+                .archive
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            progress: true,
+            engine,
+            ..StoreOptions::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_and_env_override_defaults() {
+        let mut c: ServerConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\n[wal]\nsync = \"always\"\n[limits]\nmax_connections = 5\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.limits.max_watches_per_connection, 10_000);
+        c.apply_env(|n| (n == "TARN_LISTEN").then(|| "127.0.0.1:9001".to_string()))
+            .expect("valid env");
+        assert_eq!(c.listen.port(), 9001);
+        assert!(matches!(c.sync_policy(), Ok(SyncPolicy::Always)));
+        assert!(toml::from_str::<ServerConfig>("typo = 1").is_err());
+        assert!(
+            c.apply_env(|n| (n == "TARN_TICK_MS").then(|| "soon".to_string()))
+                .is_err()
+        );
+    }
+}

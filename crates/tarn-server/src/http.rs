@@ -1,0 +1,430 @@
+//! The HTTP API: REST on `/v1/data/{path}` (Firebase-style: the body is
+//! the JSON value), Server-Sent Events on the same path with
+//! `Accept: text/event-stream`, `POST /v1/tx`, `/healthz` and `/metrics`.
+//! Errors are `{"error": {"code", "message", ...}}` with a status that
+//! fits the code.
+
+// Handlers carry their finished error response as `Err`: built once per
+// failed request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use futures_util::stream;
+use serde::Deserialize;
+use tarn_core::{Path, Txn, Value, WatchKind, Write};
+use tarn_proto::{
+    CommittedBody, ErrorBody, ErrorCode, ErrorEnvelope, Response, TxBody, WireTime, WireValue,
+};
+
+use crate::fanout::{Outbox, Outgoing};
+use crate::{App, convert};
+
+/// The HTTP routes (state added by the caller).
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    let limit = app.config.limits.max_message_bytes;
+    Router::new()
+        .route(
+            "/v1/data",
+            get(get_root)
+                .put(put_root)
+                .patch(patch_root)
+                .delete(delete_root),
+        )
+        .route(
+            "/v1/data/",
+            get(get_root)
+                .put(put_root)
+                .patch(patch_root)
+                .delete(delete_root),
+        )
+        .route(
+            "/v1/data/{*path}",
+            get(get_data)
+                .put(put_data)
+                .patch(patch_data)
+                .delete(delete_data),
+        )
+        .route("/v1/tx", post(post_tx))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+}
+
+/// The HTTP status for an error code.
+pub fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest
+        | ErrorCode::BadPath
+        | ErrorCode::BadValue
+        | ErrorCode::BadTransaction
+        | ErrorCode::UnknownWatch
+        | ErrorCode::UnsupportedVersion
+        | ErrorCode::AfterNewest => StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Conflict | ErrorCode::Compacted | ErrorCode::DependencyRejected => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::BeforeHorizon => StatusCode::GONE,
+        ErrorCode::TooManyWatches | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyConnections | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::SlowConsumer | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error as an HTTP response.
+pub fn error_response(error: &ErrorBody) -> HttpResponse {
+    (
+        status(error.code),
+        axum::Json(ErrorEnvelope {
+            error: error.clone(),
+        }),
+    )
+        .into_response()
+}
+
+type Result<T> = std::result::Result<T, HttpResponse>;
+
+fn fail(error: ErrorBody) -> HttpResponse {
+    error_response(&error)
+}
+
+#[derive(Deserialize)]
+struct DataQuery {
+    at: Option<String>,
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+async fn get_root(state: State<Arc<App>>, q: Query<DataQuery>, headers: HeaderMap) -> HttpResponse {
+    read(state, String::new(), q, headers).await
+}
+
+async fn get_data(
+    state: State<Arc<App>>,
+    UrlPath(path): UrlPath<String>,
+    q: Query<DataQuery>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    read(state, path, q, headers).await
+}
+
+async fn read(
+    State(app): State<Arc<App>>,
+    path: String,
+    Query(q): Query<DataQuery>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    let result: Result<HttpResponse> = async {
+        let path = convert::path(&path, &app.paths).map_err(fail)?;
+        if wants_sse(&headers) {
+            return sse(app, path).await;
+        }
+        let at = match &q.at {
+            None => None,
+            Some(text) => Some(WireTime::parse(text).ok_or_else(|| {
+                fail(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("?at={text:?} is not a time; use ms, ms.logical or ms.logical@node"),
+                ))
+            })?),
+        };
+        let (got, lsn) = app
+            .db
+            .peek(|e| match at {
+                Some(at) => e.store().get_at(&path, at.into()),
+                None => Ok(e.store().get(&path)),
+            })
+            .map_err(|e| fail(convert::store_error(&e)))?;
+        let got = got.map_err(|e| fail(convert::store_error(&e.into())))?;
+        app.db
+            .durable(lsn)
+            .await
+            .map_err(|e| fail(convert::store_error(&e)))?;
+        let body = serde_json::to_vec(&WireValue(got.value.unwrap_or(Value::Null)))
+            .map_err(|e| fail(ErrorBody::new(ErrorCode::Internal, e.to_string())))?;
+        Ok((
+            [
+                (header::CONTENT_TYPE, "application/json".to_string()),
+                (
+                    header::HeaderName::from_static("tarn-seen"),
+                    tarn_core::Time::from(WireTime::from(got.seen)).to_string(),
+                ),
+            ],
+            body,
+        )
+            .into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e)
+}
+
+fn parse_value(body: &Bytes) -> Result<Value> {
+    serde_json::from_slice::<WireValue>(body)
+        .map(|v| v.0)
+        .map_err(|e| {
+            fail(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("the body is not JSON: {e}"),
+            ))
+        })
+}
+
+async fn commit(app: &App, txn: Txn) -> HttpResponse {
+    let pending = match app.db.submit(txn) {
+        Ok(p) => p,
+        Err(e) => {
+            metrics::counter!("tarn_rejections_total").increment(1);
+            return fail(convert::commit_error(&e));
+        }
+    };
+    metrics::counter!("tarn_commits_total").increment(1);
+    match app.db.durable(pending.lsn).await {
+        Ok(()) => axum::Json(CommittedBody {
+            time: pending.commit.time.into(),
+        })
+        .into_response(),
+        Err(e) => fail(convert::store_error(&e)),
+    }
+}
+
+async fn write(
+    app: Arc<App>,
+    path: String,
+    make: impl FnOnce(Path) -> Result<Write>,
+) -> HttpResponse {
+    let path = match convert::path(&path, &app.paths) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    match make(path) {
+        Ok(w) => commit(&app, Txn::new(Vec::new(), vec![w])).await,
+        Err(e) => e,
+    }
+}
+
+async fn put_root(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
+    write(app, String::new(), |path| {
+        Ok(Write::Set {
+            path,
+            value: parse_value(&body)?,
+        })
+    })
+    .await
+}
+
+async fn put_data(
+    State(app): State<Arc<App>>,
+    UrlPath(path): UrlPath<String>,
+    body: Bytes,
+) -> HttpResponse {
+    write(app, path, |path| {
+        Ok(Write::Set {
+            path,
+            value: parse_value(&body)?,
+        })
+    })
+    .await
+}
+
+async fn patch_root(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
+    write(app, String::new(), |path| {
+        Ok(Write::Patch {
+            path,
+            value: parse_value(&body)?,
+        })
+    })
+    .await
+}
+
+async fn patch_data(
+    State(app): State<Arc<App>>,
+    UrlPath(path): UrlPath<String>,
+    body: Bytes,
+) -> HttpResponse {
+    write(app, path, |path| {
+        Ok(Write::Patch {
+            path,
+            value: parse_value(&body)?,
+        })
+    })
+    .await
+}
+
+async fn delete_root(State(app): State<Arc<App>>) -> HttpResponse {
+    write(app, String::new(), |path| Ok(Write::Delete { path })).await
+}
+
+async fn delete_data(State(app): State<Arc<App>>, UrlPath(path): UrlPath<String>) -> HttpResponse {
+    write(app, path, |path| Ok(Write::Delete { path })).await
+}
+
+async fn post_tx(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
+    let tx: TxBody = match serde_json::from_slice(&body) {
+        Ok(tx) => tx,
+        Err(e) => {
+            return fail(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("the body is not a transaction: {e}"),
+            ));
+        }
+    };
+    match convert::txn(tx.reads, tx.writes, &app.paths) {
+        Ok(txn) => commit(&app, txn).await,
+        Err(e) => fail(e),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
+    match &app.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => fail(ErrorBody::new(
+            ErrorCode::Internal,
+            "metrics recorder unavailable",
+        )),
+    }
+}
+
+/// Unregisters an SSE stream's watch when the stream is dropped.
+struct SseWatch {
+    app: Arc<App>,
+    id: tarn_core::WatchId,
+    _slot: crate::ConnectionSlot,
+}
+
+impl Drop for SseWatch {
+    fn drop(&mut self) {
+        self.app.hub.remove(self.id);
+        let _ = self.app.db.peek(|e| e.unwatch(self.id));
+    }
+}
+
+/// `event: put` / `event: patch` with `data: {"path": "/rel", "data": ...}`,
+/// as Firebase's REST streaming: the first event puts the whole value at
+/// `/`; each commit puts one changed leaf, or patches several at once.
+async fn sse(app: Arc<App>, path: Path) -> Result<HttpResponse> {
+    let Some(slot) = app.connect() else {
+        return Err(fail(ErrorBody::new(
+            ErrorCode::TooManyConnections,
+            "too many connections; try again later",
+        )));
+    };
+    let (outbox, rx) = Outbox::new(app.config.limits.max_send_buffer_bytes);
+    let hub = Arc::clone(&app.hub);
+    let ob = Arc::clone(&outbox);
+    let (registered, lsn) = app
+        .db
+        .peek(|e| {
+            let id = e.watch(path.clone(), WatchKind::Subtree)?;
+            // Held in the hub until the first event is queued (see fanout).
+            hub.add(id, ob, 0);
+            let value = e.store().get(&path).value.unwrap_or(Value::Null);
+            let first = Response::Watching {
+                id: 0,
+                watch: 0,
+                value: Some(WireValue(value)),
+                time: e.newest().into(),
+                resumed: false,
+            };
+            Ok::<_, tarn_core::WatchError>((id, first))
+        })
+        .map_err(|e| fail(convert::store_error(&e)))?;
+    let (id, first) =
+        registered.map_err(|e| fail(ErrorBody::new(ErrorCode::TooManyWatches, e.to_string())))?;
+    let guard = SseWatch {
+        app: Arc::clone(&app),
+        id,
+        _slot: slot,
+    };
+    app.db
+        .durable(lsn)
+        .await
+        .map_err(|e| fail(convert::store_error(&e)))?;
+    app.hub.release(id, vec![first]);
+    let prefix = path;
+    let shutdown = app.shutdown.clone();
+    let events = stream::unfold((rx, outbox, guard), move |(mut rx, outbox, guard)| {
+        let prefix = prefix.clone();
+        let mut shutdown = shutdown.clone();
+        async move {
+            let next = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.changed() => None,
+            };
+            let (out, size) = next?;
+            outbox.sent(size);
+            let event = match out {
+                Outgoing::Msg(Response::Watching { value, .. }) => {
+                    put_event("/", value.map(|v| v.0).unwrap_or(Value::Null))
+                }
+                Outgoing::Msg(Response::Change { changes, .. }) => {
+                    let rel = |p: &str| {
+                        let skip = prefix.byte_len();
+                        let rest = p.get(skip..).unwrap_or("").trim_start_matches('/');
+                        format!("/{rest}")
+                    };
+                    if changes.len() == 1 {
+                        put_event(&rel(&changes[0].path), changes[0].value.0.clone())
+                    } else {
+                        let data: Value = changes
+                            .iter()
+                            .map(|c| {
+                                (
+                                    rel(&c.path).trim_start_matches('/').to_string(),
+                                    c.value.0.clone(),
+                                )
+                            })
+                            .collect();
+                        json_event("patch", "/", data)
+                    }
+                }
+                Outgoing::Close(error) => Event::default().event("cancel").data(error.message),
+                Outgoing::Msg(_) => Event::default().comment("ignored"),
+            };
+            Some((Ok::<_, Infallible>(event), (rx, outbox, guard)))
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        )
+        .into_response())
+}
+
+fn put_event(path: &str, data: Value) -> Event {
+    json_event("put", path, data)
+}
+
+fn json_event(kind: &str, path: &str, data: Value) -> Event {
+    #[derive(serde::Serialize)]
+    struct Payload<'a> {
+        path: &'a str,
+        data: WireValue,
+    }
+    let text = serde_json::to_string(&Payload {
+        path,
+        data: WireValue(data),
+    })
+    .unwrap_or_default();
+    Event::default().event(kind).data(text)
+}

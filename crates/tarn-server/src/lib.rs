@@ -1,0 +1,158 @@
+//! tarn-server: the server of tarn on tokio + axum. The only crate that
+//! knows HTTP.
+//!
+//! - [`config`]: settings (defaults, TOML file, `TARN_*` variables).
+//! - [`ws`]: the WebSocket protocol at `/v1/ws` (JSON or MessagePack).
+//! - [`http`]: REST (`/v1/data/{path}`, `/v1/tx`), SSE, `/healthz`,
+//!   `/metrics`.
+//! - [`fanout`]: durable commits → watchers' connections, in order,
+//!   bounded per connection.
+//! - [`convert`]: wire ↔ core types and the mapping of every error to a
+//!   stable code.
+
+pub mod config;
+pub mod convert;
+pub mod fanout;
+pub mod http;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tarn_core::PathLimits;
+use tarn_store::Db;
+use tokio::sync::watch;
+
+pub use config::ServerConfig;
+
+/// What every handler shares.
+pub struct App {
+    /// The database.
+    pub db: Arc<Db>,
+    /// The fan-out to watchers.
+    pub hub: Arc<fanout::Hub>,
+    /// The settings.
+    pub config: ServerConfig,
+    /// Path limits for parsing paths from the wire.
+    pub paths: PathLimits,
+    /// Open WebSocket and SSE connections.
+    pub connections: AtomicUsize,
+    /// Prometheus rendering of the metrics.
+    pub metrics: Option<PrometheusHandle>,
+    /// Becomes true when the server shuts down: sessions close.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A slot among `limits.max_connections`, released on drop.
+pub struct ConnectionSlot(Arc<App>);
+
+impl App {
+    /// Takes a connection slot, or `None` at the limit.
+    pub fn connect(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.config.limits.max_connections;
+        let mut n = self.connections.load(Ordering::Relaxed);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match self
+                .connections
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        metrics::gauge!("tarn_connections").increment(1.0);
+        Some(ConnectionSlot(Arc::clone(self)))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("tarn_connections").decrement(1.0);
+    }
+}
+
+/// The router: every route of the server.
+pub fn router(app: Arc<App>) -> Router {
+    http::routes(Arc::clone(&app))
+        .route("/v1/ws", axum::routing::get(ws::upgrade))
+        .with_state(app)
+}
+
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+/// Opens the database, serves until `shutdown` completes, then closes
+/// every connection and flushes the WAL. `ready` is called with the bound
+/// address once the server accepts connections.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let options = config
+        .store_options()
+        .map_err(|e| anyhow::anyhow!("wal.sync: {e}"))?;
+    let paths = options.engine.paths;
+    let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let dir = config.data_dir.clone();
+    let db = tokio::task::spawn_blocking(move || Db::open_with_feed(&dir, options, Some(feed_tx)))
+        .await
+        .context("opening the data directory")?
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let db = Arc::new(db);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {}: is another server using it? choose another with --listen",
+                config.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hub = Arc::new(fanout::Hub::default());
+    tokio::spawn(Arc::clone(&hub).run(feed_rx));
+    let app = Arc::new(App {
+        db: Arc::clone(&db),
+        hub,
+        config,
+        paths,
+        connections: AtomicUsize::new(0),
+        metrics: metrics_handle(),
+        shutdown: stop_rx,
+    });
+    ready(addr);
+    let shutdown = async move {
+        shutdown.await;
+        // Long-lived sessions (WebSocket, SSE) close on this signal, so the
+        // graceful shutdown does not wait for clients forever.
+        let _ = stop_tx.send(true);
+    };
+    axum::serve(listener, router(Arc::clone(&app)))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving")?;
+    drop(app);
+    // Flushing waits on the log: off the async threads.
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .context("flushing the write-ahead log at shutdown")?
+        .context("flushing the write-ahead log at shutdown")?;
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The WebSocket protocol at `/v1/ws`.
+//!
+//! One session per connection: a reader that decodes requests and
+//! answers them (text frames as JSON, binary frames as MessagePack), and
+//! a writer that drains the connection's [`Outbox`], flushing at most once
+//! per tick (coalescing under load, never reordering). Commits are
+//! decided in the order they arrive on the connection and acknowledged
+//! when durable, so a client may pipeline them. A slow consumer is closed
+//! with `slow_consumer` once its queue exceeds the limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use futures_util::{SinkExt, StreamExt};
+use tarn_core::{Path, WatchId, WatchKind};
+use tarn_proto::{
+    Codec, ErrorBody, ErrorCode, MSGPACK_SUBPROTOCOL, PROTOCOL_VERSION, Request, Response,
+    WireTime, WireValue,
+};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::fanout::{Outbox, Outgoing};
+use crate::{App, ConnectionSlot, convert};
+
+/// `GET /v1/ws`: upgrades to a session, choosing MessagePack when the
+/// client offers subprotocol `tarn.v1.msgpack`.
+pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> HttpResponse {
+    let Some(slot) = app.connect() else {
+        return crate::http::error_response(&ErrorBody::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "the server holds {} connections (limits.max_connections); try again later",
+                app.config.limits.max_connections
+            ),
+        ));
+    };
+    let limit = app.config.limits.max_message_bytes;
+    let ws = ws
+        .protocols([MSGPACK_SUBPROTOCOL])
+        .max_message_size(limit)
+        .max_frame_size(limit);
+    let codec = match ws.selected_protocol() {
+        Some(p) if p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes() => Codec::MsgPack,
+        _ => Codec::Json,
+    };
+    ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| session(socket, app, codec, slot))
+        .into_response()
+}
+
+struct Session {
+    app: Arc<App>,
+    outbox: Arc<Outbox>,
+    /// Client watch id → engine watch id.
+    watches: HashMap<u64, WatchId>,
+    next_watch: u64,
+    in_flight: Arc<Semaphore>,
+    /// Requests this second, for the rate limit.
+    window: (Instant, u32),
+}
+
+async fn session(socket: WebSocket, app: Arc<App>, codec: Codec, _slot: ConnectionSlot) {
+    let (sink, mut stream) = socket.split();
+    let (outbox, rx) = Outbox::new(app.config.limits.max_send_buffer_bytes);
+    let tick = Duration::from_millis(app.config.tick_ms);
+    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&outbox), codec, tick));
+    let mut shutdown = app.shutdown.clone();
+    let mut s = Session {
+        in_flight: Arc::new(Semaphore::new(
+            app.config.limits.max_in_flight_per_connection,
+        )),
+        app,
+        outbox: Arc::clone(&outbox),
+        watches: HashMap::new(),
+        next_watch: 1,
+        window: (Instant::now(), 0),
+    };
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => s.frame(Codec::Json, text.as_bytes()).await,
+                Some(Ok(Message::Binary(bytes))) => s.frame(Codec::MsgPack, &bytes).await,
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {} // ping/pong: answered by the library
+                Some(Err(e)) => {
+                    // Oversized or malformed frames end here.
+                    let code = if e.to_string().contains("too long") || e.to_string().contains("too big") {
+                        ErrorCode::TooLarge
+                    } else {
+                        ErrorCode::BadRequest
+                    };
+                    s.outbox.close(ErrorBody::new(code, format!("websocket: {e}")));
+                    break;
+                }
+            },
+            _ = s.outbox.closed_notify.notified() => break,
+            _ = shutdown.changed() => {
+                s.outbox.close(ErrorBody::new(ErrorCode::Unavailable, "the server is shutting down; reconnect later"));
+                break;
+            }
+        }
+        if s.outbox.is_closed() {
+            break;
+        }
+    }
+    s.cleanup();
+    // Let the writer send the close reason, but never wait on a client
+    // that does not read.
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!("writer of a closed connection did not finish; dropped");
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::UnboundedReceiver<(Outgoing, usize)>,
+    outbox: Arc<Outbox>,
+    codec: Codec,
+    tick: Duration,
+) {
+    let mut last_flush = Instant::now() - tick;
+    while let Some(first) = rx.recv().await {
+        // At most one flush per tick: under load, what arrives meanwhile
+        // goes out together, in order.
+        let due = last_flush + tick;
+        if Instant::now() < due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some((out, size)) = next.take() {
+            match out {
+                Outgoing::Msg(msg) => {
+                    let frame = match codec {
+                        Codec::Json => Message::Text(Utf8Bytes::from(
+                            String::from_utf8(codec.encode(&msg)).unwrap_or_default(),
+                        )),
+                        Codec::MsgPack => Message::Binary(codec.encode(&msg).into()),
+                    };
+                    if sink.feed(frame).await.is_err() {
+                        return;
+                    }
+                    outbox.sent(size);
+                }
+                Outgoing::Close(error) => {
+                    let reason = error.code.as_str().to_string();
+                    let close = Response::Close { error };
+                    let frame = match codec {
+                        Codec::Json => Message::Text(Utf8Bytes::from(
+                            String::from_utf8(codec.encode(&close)).unwrap_or_default(),
+                        )),
+                        Codec::MsgPack => Message::Binary(codec.encode(&close).into()),
+                    };
+                    let _ = sink.feed(frame).await;
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1008,
+                            reason: Utf8Bytes::from(reason),
+                        })))
+                        .await;
+                    return;
+                }
+            }
+            count += 1;
+            if count < 4096 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        last_flush = Instant::now();
+    }
+}
+
+/// The id of a request that did not decode, if one can be read.
+fn salvage_id(codec: Codec, frame: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    match codec {
+        Codec::Json => serde_json::from_slice::<Id>(frame).map_or(0, |i| i.id),
+        Codec::MsgPack => 0,
+    }
+}
+
+impl Session {
+    fn error(&self, id: u64, error: ErrorBody) {
+        self.outbox.push(Response::Error { id, error });
+    }
+
+    fn rate_limited(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 += 1;
+        self.window.1 > self.app.config.limits.max_requests_per_sec
+    }
+
+    async fn frame(&mut self, codec: Codec, frame: &[u8]) {
+        let req = match codec.decode_request(frame) {
+            Ok(req) => req,
+            Err(e) => {
+                let id = salvage_id(codec, frame);
+                self.error(
+                    id,
+                    ErrorBody::new(
+                        ErrorCode::BadRequest,
+                        format!("cannot read the message: {e}"),
+                    ),
+                );
+                return;
+            }
+        };
+        let id = req.id();
+        if self.rate_limited() {
+            self.error(
+                id,
+                ErrorBody::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} requests per second on this connection (limits.max_requests_per_sec); slow down",
+                        self.app.config.limits.max_requests_per_sec
+                    ),
+                ),
+            );
+            return;
+        }
+        if let Err(error) = self.handle(req).await {
+            self.error(id, error);
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<(), ErrorBody> {
+        match req {
+            Request::Hello { id, version, .. } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(ErrorBody::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "this server speaks protocol version {PROTOCOL_VERSION}, not {version}; upgrade the client"
+                        ),
+                    ));
+                }
+                self.outbox.push(Response::Hello {
+                    id,
+                    version: PROTOCOL_VERSION,
+                    node: self
+                        .app
+                        .db
+                        .peek(|e| e.config().node)
+                        .map(|(n, _)| n)
+                        .map_err(|e| convert::store_error(&e))?,
+                });
+            }
+            Request::Ping { id } => {
+                self.outbox.push(Response::Pong { id });
+            }
+            Request::Get { id, path, at } => {
+                let path = convert::path(&path, &self.app.paths)?;
+                let (got, lsn) = self
+                    .app
+                    .db
+                    .peek(|e| match at {
+                        Some(at) => e.store().get_at(&path, at.into()),
+                        None => Ok(e.store().get(&path)),
+                    })
+                    .map_err(|e| convert::store_error(&e))?;
+                let got = got.map_err(|e| convert::store_error(&e.into()))?;
+                self.app
+                    .db
+                    .durable(lsn)
+                    .await
+                    .map_err(|e| convert::store_error(&e))?;
+                self.outbox.push(Response::Value {
+                    id,
+                    value: WireValue(got.value.unwrap_or(tarn_core::Value::Null)),
+                    seen: got.seen.into(),
+                });
+            }
+            Request::Watch {
+                id,
+                path,
+                subtree,
+                since,
+            } => {
+                let path = convert::path(&path, &self.app.paths)?;
+                self.watch(id, path, subtree, since).await?;
+            }
+            Request::Unwatch { id, watch } => {
+                let Some(engine_id) = self.watches.remove(&watch) else {
+                    return Err(ErrorBody::new(
+                        ErrorCode::UnknownWatch,
+                        format!("no watch {watch} on this connection"),
+                    ));
+                };
+                self.app.hub.remove(engine_id);
+                let _ = self.app.db.peek(|e| e.unwatch(engine_id));
+                self.outbox.push(Response::Unwatched { id });
+            }
+            Request::Commit { id, reads, writes } => {
+                let txn = convert::txn(reads, writes, &self.app.paths)?;
+                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                    return Err(ErrorBody::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "{} commits are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
+                            self.app.config.limits.max_in_flight_per_connection
+                        ),
+                    ));
+                };
+                let pending = match self.app.db.submit(txn) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        metrics::counter!("tarn_rejections_total").increment(1);
+                        return Err(convert::commit_error(&e));
+                    }
+                };
+                metrics::counter!("tarn_commits_total").increment(1);
+                let (db, outbox) = (Arc::clone(&self.app.db), Arc::clone(&self.outbox));
+                tokio::spawn(async move {
+                    let msg = match db.durable(pending.lsn).await {
+                        Ok(()) => Response::Committed {
+                            id,
+                            time: pending.commit.time.into(),
+                        },
+                        Err(e) => Response::Error {
+                            id,
+                            error: convert::store_error(&e),
+                        },
+                    };
+                    outbox.push(msg);
+                    drop(permit);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn watch(
+        &mut self,
+        id: u64,
+        path: Path,
+        subtree: bool,
+        since: Option<WireTime>,
+    ) -> Result<(), ErrorBody> {
+        let max = self.app.config.limits.max_watches_per_connection;
+        if self.watches.len() >= max {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManyWatches,
+                format!(
+                    "this connection has {max} watches (limits.max_watches_per_connection); unwatch some"
+                ),
+            ));
+        }
+        let client_watch = self.next_watch;
+        self.next_watch += 1;
+        let kind = if subtree {
+            WatchKind::Subtree
+        } else {
+            WatchKind::Exact
+        };
+        let (hub, outbox) = (Arc::clone(&self.app.hub), Arc::clone(&self.outbox));
+        let (registered, lsn) = self
+            .app
+            .db
+            .peek(|e| {
+                let engine_id = e.watch(path.clone(), kind)?;
+                // Same critical section as the engine registration: no
+                // delivery for this watch can be routed before the hub
+                // knows it (it is held until the first message is queued).
+                hub.add(engine_id, outbox, client_watch);
+                let newest = e.newest();
+                let current = |e: &tarn_core::Engine| {
+                    WireValue(e.store().get(&path).value.unwrap_or(tarn_core::Value::Null))
+                };
+                let first = match since.map(|t| e.store().changes_since(&path, subtree, t.into())) {
+                    Some(Ok(missed)) => {
+                        let mut msgs = vec![Response::Watching {
+                            id,
+                            watch: client_watch,
+                            value: None,
+                            time: since.unwrap_or(WireTime(0, 0, 0)),
+                            resumed: true,
+                        }];
+                        // One message per commit, in commit order.
+                        for (time, change) in missed {
+                            let wire = convert::change(&change);
+                            match msgs.last_mut() {
+                                Some(Response::Change {
+                                    time: t, changes, ..
+                                }) if *t == WireTime::from(time) => {
+                                    changes.push(wire);
+                                }
+                                _ => msgs.push(Response::Change {
+                                    watch: client_watch,
+                                    time: time.into(),
+                                    changes: vec![wire],
+                                }),
+                            }
+                        }
+                        msgs
+                    }
+                    // Not resumable (before the horizon): a resync, with the
+                    // full current value and `resumed: false`.
+                    Some(Err(_)) | None => vec![Response::Watching {
+                        id,
+                        watch: client_watch,
+                        value: Some(current(e)),
+                        time: newest.into(),
+                        resumed: false,
+                    }],
+                };
+                Ok::<_, tarn_core::WatchError>((engine_id, first))
+            })
+            .map_err(|e| convert::store_error(&e))?;
+        let (engine_id, first) =
+            registered.map_err(|e| ErrorBody::new(ErrorCode::TooManyWatches, e.to_string()))?;
+        self.watches.insert(client_watch, engine_id);
+        if let Err(e) = self.app.db.durable(lsn).await {
+            return Err(convert::store_error(&e));
+        }
+        self.app.hub.release(engine_id, first);
+        Ok(())
+    }
+
+    fn cleanup(&mut self) {
+        for (_, engine_id) in self.watches.drain() {
+            self.app.hub.remove(engine_id);
+            let _ = self.app.db.peek(|e| e.unwatch(engine_id));
+        }
+    }
+}
