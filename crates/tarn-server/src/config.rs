@@ -21,12 +21,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tarn_core::{EngineConfig, Retention};
 use tarn_store::{StoreOptions, SyncPolicy};
 
 /// Every setting of the server.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on (`listen`, env `TARN_LISTEN`).
@@ -47,7 +47,7 @@ pub struct ServerConfig {
 }
 
 /// `[wal]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WalConfig {
     /// `always`, `never` or `batch(<ms>)` (env `TARN_WAL_SYNC`).
@@ -59,7 +59,7 @@ pub struct WalConfig {
 }
 
 /// `[history]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Keep versions this many ms (env `TARN_HISTORY_HORIZON_MS`).
@@ -69,7 +69,7 @@ pub struct HistoryConfig {
 }
 
 /// `[archive]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     /// Object store URL (env `TARN_ARCHIVE_URL`); default: the data dir.
@@ -80,7 +80,7 @@ pub struct ArchiveConfig {
 
 /// `[limits]`: every limit has a default here and a typed error on the
 /// wire.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest WebSocket message or HTTP body (`too_large`).
@@ -157,6 +157,76 @@ impl Default for Limits {
     }
 }
 
+/// Applies `TARN_*` variables to a config table: `TARN_LISTEN` sets
+/// `listen`, `TARN_WAL_SYNC` sets `[wal] sync`,
+/// `TARN_LIMITS_MAX_CONNECTIONS` sets `[limits] max_connections`,
+/// `TARN_ARCHIVE_OPTIONS_AWS_REGION` sets `[archive.options] aws_region`:
+/// every setting has one. Values are read as TOML (numbers, booleans),
+/// else as strings. Variables that name no setting are left alone (they
+/// may be the CLI's, like `TARN_SERVER`).
+pub fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) {
+    let defaults = toml::Table::try_from(ServerConfig::default()).unwrap_or_default();
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("TARN_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        if let Some(key) = rest.strip_prefix("archive_options_") {
+            let archive = table
+                .entry("archive")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(archive) = archive.as_table_mut() {
+                let options = archive
+                    .entry("options")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let Some(options) = options.as_table_mut() {
+                    options.insert(key.to_string(), toml::Value::String(value_text(&value)));
+                }
+            }
+            continue;
+        }
+        if defaults.get(&rest).is_some_and(|v| !v.is_table()) {
+            table.insert(rest, value);
+            continue;
+        }
+        for (section, fields) in defaults
+            .iter()
+            .filter_map(|(k, v)| v.as_table().map(|t| (k, t)))
+        {
+            let Some(key) = rest.strip_prefix(&format!("{section}_")) else {
+                continue;
+            };
+            // Optional settings (archive.url) are absent from the defaults.
+            let known = fields.contains_key(key) || (section == "archive" && key == "url");
+            if known {
+                let sec = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let Some(sec) = sec.as_table_mut() {
+                    let value = if section == "archive" || key == "sync" {
+                        toml::Value::String(value_text(&value))
+                    } else {
+                        value.clone()
+                    };
+                    sec.insert(key.to_string(), value);
+                }
+            }
+        }
+    }
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -191,72 +261,34 @@ pub enum ConfigError {
 impl ServerConfig {
     /// Defaults, then the file (if any), then `TARN_*` variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
-        let mut config = match file {
-            None => ServerConfig::default(),
+        let mut table = match file {
+            None => toml::Table::new(),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })?
             }
         };
-        config.apply_env(|name| std::env::var(name).ok())?;
+        apply_env(&mut table, std::env::vars());
+        let config: ServerConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file.map_or_else(|| PathBuf::from("(environment)"), |p| p.to_path_buf()),
+                    message: e.to_string(),
+                })?;
         config.sync_policy().map_err(|message| ConfigError::Env {
             name: "wal.sync".into(),
             value: config.wal.sync.clone(),
             message,
         })?;
         Ok(config)
-    }
-
-    /// Applies `TARN_*` overrides read through `var`.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.parse().map_err(|e: T::Err| ConfigError::Env {
-                name: name.into(),
-                value,
-                message: e.to_string(),
-            })
-        }
-        if let Some(v) = var("TARN_LISTEN") {
-            self.listen = parse("TARN_LISTEN", v)?;
-        }
-        if let Some(v) = var("TARN_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = var("TARN_TICK_MS") {
-            self.tick_ms = parse("TARN_TICK_MS", v)?;
-        }
-        if let Some(v) = var("TARN_WAL_SYNC") {
-            self.wal.sync = v;
-        }
-        if let Some(v) = var("TARN_HISTORY_HORIZON_MS") {
-            self.history.horizon_ms = parse("TARN_HISTORY_HORIZON_MS", v)?;
-        }
-        if let Some(v) = var("TARN_ARCHIVE_URL") {
-            self.archive.url = Some(v);
-        }
-        if let Some(v) = var("TARN_LIMITS_MAX_MESSAGE_BYTES") {
-            self.limits.max_message_bytes = parse("TARN_LIMITS_MAX_MESSAGE_BYTES", v)?;
-        }
-        if let Some(v) = var("TARN_LIMITS_MAX_SEND_BUFFER_BYTES") {
-            self.limits.max_send_buffer_bytes = parse("TARN_LIMITS_MAX_SEND_BUFFER_BYTES", v)?;
-        }
-        if let Some(v) = var("TARN_LIMITS_MAX_WATCHES_PER_CONNECTION") {
-            self.limits.max_watches_per_connection =
-                parse("TARN_LIMITS_MAX_WATCHES_PER_CONNECTION", v)?;
-        }
-        if let Some(v) = var("TARN_LIMITS_MAX_CONNECTIONS") {
-            self.limits.max_connections = parse("TARN_LIMITS_MAX_CONNECTIONS", v)?;
-        }
-        Ok(())
     }
 
     /// The parsed sync policy.
@@ -302,21 +334,39 @@ mod tests {
 
     #[test]
     fn files_and_env_override_defaults() {
-        let mut c: ServerConfig = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\n[wal]\nsync = \"always\"\n[limits]\nmax_connections = 5\n",
-        )
-        .expect("valid config");
+        let mut table: toml::Table =
+            "listen = \"127.0.0.1:9000\"\n[wal]\nsync = \"always\"\n[limits]\nmax_connections = 5\n"
+                .parse()
+                .expect("valid toml");
+        let env = [
+            ("TARN_DATA_DIR", "/srv/tarn"),
+            ("TARN_LIMITS_MAX_WATCHES_PER_CONNECTION", "7"),
+            ("TARN_WAL_SYNC", "batch(5)"),
+            ("TARN_HISTORY_FOREVER", "true"),
+            ("TARN_ARCHIVE_URL", "s3://b/p"),
+            ("TARN_ARCHIVE_OPTIONS_AWS_REGION", "eu-west-1"),
+            ("TARN_SERVER", "http://elsewhere"), // the CLI's: ignored
+            ("PATH", "/bin"),
+        ];
+        apply_env(
+            &mut table,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let c: ServerConfig = toml::Value::Table(table).try_into().expect("valid config");
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.limits.max_connections, 5);
-        assert_eq!(c.limits.max_watches_per_connection, 10_000);
-        c.apply_env(|n| (n == "TARN_LISTEN").then(|| "127.0.0.1:9001".to_string()))
-            .expect("valid env");
-        assert_eq!(c.listen.port(), 9001);
-        assert!(matches!(c.sync_policy(), Ok(SyncPolicy::Always)));
+        assert_eq!(c.limits.max_watches_per_connection, 7);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/tarn"));
+        assert!(matches!(c.sync_policy(), Ok(SyncPolicy::Batch(5))));
+        assert!(c.history.forever);
+        assert_eq!(c.archive.url.as_deref(), Some("s3://b/p"));
+        assert_eq!(c.archive.options["aws_region"], "eu-west-1");
         assert!(toml::from_str::<ServerConfig>("typo = 1").is_err());
-        assert!(
-            c.apply_env(|n| (n == "TARN_TICK_MS").then(|| "soon".to_string()))
-                .is_err()
+        let mut bad = toml::Table::new();
+        apply_env(
+            &mut bad,
+            std::iter::once(("TARN_TICK_MS".to_string(), "soon".to_string())),
         );
+        assert!(toml::Value::Table(bad).try_into::<ServerConfig>().is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! - [`convert`]: wire ↔ core types and the mapping of every error to a
 //!   stable code.
 
+pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod fanout;
@@ -82,6 +83,7 @@ impl Drop for ConnectionSlot {
 /// The router: every route of the server.
 pub fn router(app: Arc<App>) -> Router {
     http::routes(Arc::clone(&app))
+        .merge(admin::routes())
         .route("/v1/ws", axum::routing::get(ws::upgrade))
         .with_state(app)
 }

@@ -65,6 +65,49 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Print every change under PATH as a JSON line, until Ctrl-C.
+    Watch {
+        /// The path.
+        path: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Write the tree at PATH (default: everything) as JSON to stdout.
+    Export {
+        /// The path.
+        #[arg(default_value = "")]
+        path: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Load a JSON file into the tree at --at (default: the root).
+    Import {
+        /// The JSON file.
+        file: std::path::PathBuf,
+        /// Where to put it.
+        #[arg(long, default_value = "")]
+        at: String,
+        /// Delete what is at --at first instead of merging.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Write a consistent backup into DIR, a new directory on the server's machine.
+    Backup {
+        /// The directory (on the server's machine; must not exist or be empty).
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Restore a backup into a new data directory (offline: no server involved).
+    Restore {
+        /// The backup directory.
+        backup: std::path::PathBuf,
+        /// The data directory to create (must not exist or be empty).
+        #[arg(long, default_value = "tarn-data")]
+        data: std::path::PathBuf,
+    },
 }
 
 /// Runs a client verb.
@@ -90,6 +133,31 @@ fn parse_json(text: &str) -> Result<serde_json::Value> {
 
 async fn run_async(cmd: ClientCommand) -> Result<()> {
     let http = reqwest::Client::new();
+    match &cmd {
+        ClientCommand::Watch { path, server } => return watch(&http, server, path).await,
+        ClientCommand::Export { path, server } => return export(&http, server, path).await,
+        ClientCommand::Import {
+            file,
+            at,
+            replace,
+            server,
+        } => {
+            return import(&http, server, file, at, *replace).await;
+        }
+        ClientCommand::Restore { backup, data } => {
+            tarn_store::restore(backup, data).with_context(|| {
+                format!("restoring {} into {}", backup.display(), data.display())
+            })?;
+            println!(
+                "restored {} into {}; start it with `tarn serve --data {}`",
+                backup.display(),
+                data.display(),
+                data.display()
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     let (request, server) = match &cmd {
         ClientCommand::Get { path, at, server } => {
             let mut url = data_url(server, path);
@@ -127,6 +195,15 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
             http.get(format!("{}/healthz", server.server.trim_end_matches('/'))),
             server,
         ),
+        ClientCommand::Backup { dir, server } => (
+            http.post(format!("{}/v1/backup", server.server.trim_end_matches('/')))
+                .body(serde_json::json!({ "dir": dir }).to_string()),
+            server,
+        ),
+        ClientCommand::Watch { .. }
+        | ClientCommand::Export { .. }
+        | ClientCommand::Import { .. }
+        | ClientCommand::Restore { .. } => unreachable!("handled above"),
     };
     let response = request
         .header("content-type", "application/json")
@@ -162,5 +239,151 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
     } else {
         println!("{value}");
     }
+    Ok(())
+}
+
+fn unreachable_server(server: &ServerArg) -> String {
+    format!(
+        "cannot reach the server at {}; start it with `tarn serve` or pass --server",
+        server.server
+    )
+}
+
+async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<tarn_proto::ErrorEnvelope>(&body) {
+        Ok(e) => bail!(
+            "{} ({}): {}",
+            e.error.code.as_str(),
+            status,
+            e.error.message
+        ),
+        Err(_) => bail!("the server answered {status}: {body}"),
+    }
+}
+
+/// Follows the SSE stream of PATH and prints one JSON line per event.
+async fn watch(http: &reqwest::Client, server: &ServerArg, path: &str) -> Result<()> {
+    use futures_util::StreamExt;
+    let response = http
+        .get(data_url(server, path))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .with_context(|| unreachable_server(server))?;
+    let mut body = check(response).await?.bytes_stream();
+    let mut text = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(
+            &chunk.context("reading the stream")?,
+        ));
+        while let Some(end) = text.find('\n') {
+            let line: String = text.drain(..=end).collect();
+            let line = line.trim_end();
+            if let Some(kind) = line.strip_prefix("event: ") {
+                event = kind.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({ "event": event, "path": data["path"], "data": data["data"] })
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the export to stdout.
+async fn export(http: &reqwest::Client, server: &ServerArg, path: &str) -> Result<()> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let url = format!(
+        "{}/v1/export/{}",
+        server.server.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| unreachable_server(server))?;
+    let mut body = check(response).await?.bytes_stream();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(chunk) = body.next().await {
+        out.write_all(&chunk.context("the export was cut off")?)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Streams a file to the server's importer, with a progress bar.
+async fn import(
+    http: &reqwest::Client,
+    server: &ServerArg,
+    file: &std::path::Path,
+    at: &str,
+    replace: bool,
+) -> Result<()> {
+    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    let bar = indicatif::ProgressBar::new(meta.len());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "importing {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})",
+    ) {
+        bar.set_style(style);
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let reader_bar = bar.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut f = f;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    reader_bar.inc(n as u64);
+                    if tx
+                        .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    let mut rx = rx;
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mode = if replace { "replace" } else { "merge" };
+    let url = format!(
+        "{}/v1/import/{}?mode={mode}",
+        server.server.trim_end_matches('/'),
+        at.trim_start_matches('/')
+    );
+    let response = http
+        .post(url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .with_context(|| unreachable_server(server))?;
+    let response = check(response).await;
+    bar.finish_and_clear();
+    let text = response?.text().await.context("reading the answer")?;
+    let stats: serde_json::Value = serde_json::from_str(&text).context("reading the answer")?;
+    println!(
+        "imported {} leaves in {} commits",
+        stats["leaves"], stats["commits"]
+    );
     Ok(())
 }

@@ -552,3 +552,91 @@ fn a_slow_consumer_is_disconnected_and_memory_stays_bounded() {
         assert_eq!(recv(&mut writer).await["type"], "pong");
     });
 }
+
+fn tarn(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_verbs_against_a_running_server() {
+    let server = Server::start(&[]);
+    let s = server.url.as_str();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(tarn(&[
+        "set",
+        "rooms/lobby",
+        r#"{"a":{"b":1},"c":[1,2]}"#,
+        "--server",
+        s,
+    ]));
+    ok(tarn(&[
+        "patch",
+        "rooms/lobby",
+        r#"{"d":true}"#,
+        "--server",
+        s,
+    ]));
+    assert_eq!(
+        ok(tarn(&["get", "rooms/lobby/a", "--server", s])).trim(),
+        r#"{"b":1}"#
+    );
+    let exported = ok(tarn(&["export", "--server", s]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&exported).unwrap(),
+        json!({"rooms": {"lobby": {"a": {"b": 1}, "c": [1, 2], "d": true}}})
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    std::fs::write(&file, &exported).unwrap();
+    ok(tarn(&[
+        "import",
+        file.to_str().unwrap(),
+        "--at",
+        "copy",
+        "--server",
+        s,
+    ]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&ok(tarn(&["get", "copy/rooms/lobby/d", "--server", s])))
+            .unwrap(),
+        json!(true)
+    );
+    ok(tarn(&["rm", "copy", "--server", s]));
+    assert_eq!(ok(tarn(&["get", "copy", "--server", s])).trim(), "null");
+    let tx = dir.path().join("tx.json");
+    std::fs::write(
+        &tx,
+        r#"{"writes": [{"op": "set", "path": "t", "value": 1}]}"#,
+    )
+    .unwrap();
+    assert!(ok(tarn(&["tx", tx.to_str().unwrap(), "--server", s])).contains("time"));
+    // Backup on the server's machine, then an offline restore.
+    let backup = dir.path().join("backup");
+    ok(tarn(&["backup", backup.to_str().unwrap(), "--server", s]));
+    let restored = dir.path().join("restored");
+    ok(tarn(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--data",
+        restored.to_str().unwrap(),
+    ]));
+    assert!(restored.join("TARN").exists());
+    // Errors are the server's typed errors, and say what to do.
+    let bad = tarn(&["set", "a//b", "1", "--server", s]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad_path"));
+    let down = tarn(&["status", "--server", "http://127.0.0.1:9"]);
+    assert!(String::from_utf8_lossy(&down.stderr).contains("tarn serve"));
+    let not_json = tarn(&["set", "x", "hello", "--server", s]);
+    assert!(String::from_utf8_lossy(&not_json.stderr).contains("not JSON"));
+}
