@@ -38,7 +38,7 @@ pub fn txn(
     let writes = writes
         .into_iter()
         .map(|w| {
-            Ok(match w {
+            let w = match w {
                 WireWrite::Set { path: p, value } => Write::Set {
                     path: path(&p, limits)?,
                     value: value.0,
@@ -50,7 +50,26 @@ pub fn txn(
                 WireWrite::Delete { path: p } => Write::Delete {
                     path: path(&p, limits)?,
                 },
-            })
+            };
+            // `$sys/` is the system's (call outcomes, timers, modules):
+            // clients never write it directly.
+            if w.path()
+                .keys()
+                .first()
+                .is_some_and(|k| k.as_str() == "$sys")
+            {
+                return Err(ErrorBody {
+                    path: Some(w.path().to_string()),
+                    ..ErrorBody::new(
+                        ErrorCode::BadPath,
+                        format!(
+                            "'{}' is under $sys/, which only the system writes",
+                            w.path()
+                        ),
+                    )
+                });
+            }
+            Ok(w)
         })
         .collect::<Result<_, ErrorBody>>()?;
     Ok(Txn::new(reads, writes))

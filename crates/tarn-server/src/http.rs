@@ -371,6 +371,16 @@ async fn sse(app: Arc<App>, path: Path) -> Result<HttpResponse> {
             };
             let (out, size) = next?;
             outbox.sent(size);
+            if outbox.is_closed() && matches!(out, Outgoing::Close(_)) {
+                // Slow consumer: say why, then end the stream (the guard
+                // releases the watch and the connection slot).
+                if let Outgoing::Close(error) = out {
+                    let event = Event::default().event("cancel").data(error.message);
+                    let (tx_end, rx_end) = tokio::sync::mpsc::unbounded_channel();
+                    drop(tx_end);
+                    return Some((Ok::<_, Infallible>(event), (rx_end, outbox, guard)));
+                }
+            }
             let event = match out {
                 Outgoing::Msg(Response::Watching { value, .. }) => {
                     put_event("/", value.map(|v| v.0).unwrap_or(Value::Null))

@@ -127,10 +127,12 @@ async fn write_loop(
 ) {
     let mut last_flush = Instant::now() - tick;
     while let Some(first) = rx.recv().await {
-        // At most one flush per tick: under load, what arrives meanwhile
-        // goes out together, in order.
+        // Watch updates are flushed at most once per tick: under load,
+        // what arrives meanwhile goes out together, in order. Answers to
+        // requests are not held back by the tick.
+        let is_update = matches!(first.0, Outgoing::Msg(Response::Change { .. }));
         let due = last_flush + tick;
-        if Instant::now() < due {
+        if is_update && Instant::now() < due {
             tokio::time::sleep_until(due.into()).await;
         }
         let mut next = Some(first);
@@ -374,12 +376,20 @@ impl Session {
             .app
             .db
             .peek(|e| {
+                let newest = e.newest();
+                if let Some(since) = since {
+                    if tarn_core::Time::from(since) > newest {
+                        return Ok(Err(ErrorBody::new(
+                            ErrorCode::AfterNewest,
+                            format!("since {:?} is after the newest commit; resume from a time this server sent", since),
+                        )));
+                    }
+                }
                 let engine_id = e.watch(path.clone(), kind)?;
                 // Same critical section as the engine registration: no
                 // delivery for this watch can be routed before the hub
                 // knows it (it is held until the first message is queued).
                 hub.add(engine_id, outbox, client_watch);
-                let newest = e.newest();
                 let current = |e: &tarn_core::Engine| {
                     WireValue(e.store().get(&path).value.unwrap_or(tarn_core::Value::Null))
                 };
@@ -420,11 +430,11 @@ impl Session {
                         resumed: false,
                     }],
                 };
-                Ok::<_, tarn_core::WatchError>((engine_id, first))
+                Ok::<_, tarn_core::WatchError>(Ok((engine_id, first)))
             })
             .map_err(|e| convert::store_error(&e))?;
         let (engine_id, first) =
-            registered.map_err(|e| ErrorBody::new(ErrorCode::TooManyWatches, e.to_string()))?;
+            registered.map_err(|e| ErrorBody::new(ErrorCode::TooManyWatches, e.to_string()))??;
         self.watches.insert(client_watch, engine_id);
         if let Err(e) = self.app.db.durable(lsn).await {
             return Err(convert::store_error(&e));

@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// disk you want measured. Removed afterwards.
     #[arg(long, default_value = "tarn-bench.tmp")]
     dir: std::path::PathBuf,
+    /// Also measure a peer in the same run (`server`: `redis`).
+    #[arg(long)]
+    vs: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -37,6 +40,8 @@ enum Area {
     Core,
     /// Durable storage (tarn-store): group commit, fsync, WAL replay.
     Store,
+    /// The server over its WebSocket protocol, on loopback.
+    Server,
     /// Internal: open the data directory `--dir` in this fresh process and
     /// print `<wal bytes> <seconds>` (how `store` times startup replay).
     #[value(hide = true)]
@@ -67,6 +72,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         Area::Store => {
             crate::bench_store::run(&args.dir, duration, args.committers, args.replay_mib)?
+        }
+        Area::Server => {
+            let vs_redis = match args.vs.as_deref() {
+                None => false,
+                Some("redis") => true,
+                Some(other) => {
+                    anyhow::bail!("--vs {other}: the server benchmark compares with redis")
+                }
+            };
+            crate::bench_server::run(duration, vs_redis)?
         }
         Area::ReplayProbe => crate::bench_store::replay_probe(&args.dir)?,
     }

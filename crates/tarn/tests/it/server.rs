@@ -422,10 +422,10 @@ fn a_watch_resumes_from_its_last_time_without_a_gap() {
         let a = recv(&mut ws).await;
         let b = recv(&mut ws).await;
         assert_eq!((a["changes"][0]["value"].clone(), b["changes"][0]["value"].clone()), (json!(2), json!(3)));
-        // Resuming from before the horizon is a resync with the full value.
-        call(&mut ws, json!({"type": "watch", "id": 6, "path": "r", "since": [0, 0, 0]})).await;
+        // Resuming from a time after the newest commit is refused.
+        call(&mut ws, json!({"type": "watch", "id": 6, "path": "r", "since": [u64::MAX >> 20, 0, 0]})).await;
         let w = recv(&mut ws).await;
-        assert_eq!(w["type"], "watching");
+        assert_eq!(w["error"]["code"], "after_newest", "{w}");
     });
 }
 

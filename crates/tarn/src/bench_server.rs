@@ -1,0 +1,340 @@
+//! `tarn bench server`: the server measured over its own protocol, on
+//! loopback, in this process (server and clients share the machine's two
+//! cores, as a peer run on the same machine would).
+//!
+//! - `server.ws_sets_per_sec`: pipelined single-path sets from 8
+//!   WebSocket connections (MessagePack), `sync = batch(2)`.
+//! - `server.commit_rtt_p50_us` / `_p99_us`: one client, sequential
+//!   commits, each waiting for its answer.
+//! - `server.fanout_p99_ms`: one write delivered to 10,000 watchers (100
+//!   connections × 100 watches), write to receipt, p99 over all
+//!   deliveries of 20 writes.
+//! - `server.bytes_per_write`: bytes on the wire of the MessagePack
+//!   `change` message a watcher receives for one write of a small value.
+//! - With `--vs redis`: Debian's redis-server on a free loopback port,
+//!   `redis-benchmark -t set -P 16 -c 8` in the same run, and
+//!   `server.vs_redis_set_ratio`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tarn_proto::{Codec, Request, Response, WireValue, WireWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
+    let dir = tempfile_dir()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let mut config = tarn_server::ServerConfig::default();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = dir.join("data");
+        config.wal.sync = "batch(2)".into();
+        config.limits.max_requests_per_sec = u32::MAX;
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(tarn_server::run(
+            config,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |addr| {
+                let _ = addr_tx.send(addr);
+            },
+        ));
+        let addr = addr_rx.await.context("the server did not start")?;
+        let sets = ws_sets(addr, duration).await?;
+        println!("server.ws_sets_per_sec {sets:.0} sets/s");
+        let (p50, p99) = commit_rtt(addr, duration).await?;
+        println!("server.commit_rtt_p50_us {p50:.0} us");
+        println!("server.commit_rtt_p99_us {p99:.0} us");
+        let fanout = fanout_p99(addr).await?;
+        println!("server.fanout_p99_ms {fanout:.1} ms");
+        let bytes = bytes_per_write(addr).await?;
+        println!("server.bytes_per_write {bytes} bytes");
+        if vs_redis {
+            let redis = redis_sets(duration)?;
+            println!("server.redis_pipelined_sets_per_sec {redis:.0} sets/s");
+            println!("server.vs_redis_set_ratio {:.2} x", sets / redis.max(1.0));
+        }
+        let _ = stop_tx.send(());
+        server.await.context("the server task")??;
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tarn-bench-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn connect(addr: SocketAddr) -> Result<Ws> {
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        tarn_proto::MSGPACK_SUBPROTOCOL.parse()?,
+    );
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+fn set(id: u64, path: &str, v: i64) -> Message {
+    let req = Request::Commit {
+        id,
+        reads: vec![],
+        writes: vec![WireWrite::Set {
+            path: path.into(),
+            value: WireValue(tarn_core::Value::Int(v)),
+        }],
+    };
+    Message::Binary(Codec::MsgPack.encode(&req).into())
+}
+
+async fn next(ws: &mut Ws) -> Result<Response> {
+    loop {
+        match ws.next().await.context("connection closed")?? {
+            Message::Binary(b) => return Ok(Codec::MsgPack.decode_response(&b)?),
+            Message::Close(c) => anyhow::bail!("server closed the connection: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Pipelined sets (a window of 256 in flight per connection, within the
+/// server's in-flight limit) on 8 connections.
+async fn ws_sets(addr: SocketAddr, duration: Duration) -> Result<f64> {
+    const WINDOW: usize = 256;
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = connect(addr).await?.split();
+            let credits = std::sync::Arc::new(tokio::sync::Semaphore::new(WINDOW));
+            let path = format!("bench/c{c}");
+            let sender_credits = std::sync::Arc::clone(&credits);
+            let sent_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = std::sync::Arc::clone(&sent_count);
+            let sender = tokio::spawn(async move {
+                let mut sent = 0u64;
+                while Instant::now() < deadline {
+                    sender_credits.acquire().await?.forget();
+                    tx.feed(set(sent, &path, sent as i64)).await?;
+                    sent += 1;
+                    counter.store(sent, std::sync::atomic::Ordering::Release);
+                    if sender_credits.available_permits() == 0 {
+                        tx.flush().await?;
+                    }
+                }
+                tx.flush().await?;
+                anyhow::Ok(sent)
+            });
+            let (mut done, mut errors) = (0u64, 0u64);
+            let mut last = Instant::now();
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(5), rx.next()).await;
+                let Ok(Some(msg)) = msg else { break };
+                if let Message::Binary(b) = msg? {
+                    match Codec::MsgPack.decode_response(&b)? {
+                        Response::Committed { .. } => done += 1,
+                        _ => errors += 1,
+                    }
+                    last = Instant::now();
+                    credits.add_permits(1);
+                }
+                if sender.is_finished()
+                    && done + errors >= sent_count.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    break;
+                }
+            }
+            let sent = sender.await??;
+            anyhow::ensure!(errors == 0, "{errors} of {sent} sets failed");
+            anyhow::Ok((done, last))
+        }));
+    }
+    let mut total = 0;
+    let mut end = start;
+    for t in tasks {
+        let (done, last) = t.await??;
+        total += done;
+        end = end.max(last);
+    }
+    Ok(total as f64 / end.duration_since(start).as_secs_f64())
+}
+
+async fn commit_rtt(addr: SocketAddr, duration: Duration) -> Result<(f64, f64)> {
+    let mut ws = connect(addr).await?;
+    let mut rtts = Vec::new();
+    let start = Instant::now();
+    let mut id = 0;
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        ws.send(set(id, "bench/rtt", id as i64)).await?;
+        loop {
+            if let Response::Committed { .. } = next(&mut ws).await? {
+                break;
+            }
+        }
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        id += 1;
+    }
+    rtts.sort_by(f64::total_cmp);
+    let q = |p: f64| rtts[((rtts.len() as f64 - 1.0) * p) as usize];
+    Ok((q(0.5), q(0.99)))
+}
+
+async fn fanout_p99(addr: SocketAddr) -> Result<f64> {
+    const CONNS: usize = 100;
+    const PER_CONN: u64 = 100;
+    const WRITES: i64 = 20;
+    let mut watchers = Vec::new();
+    for _ in 0..CONNS {
+        let mut ws = connect(addr).await?;
+        for w in 0..PER_CONN {
+            let req = Request::Watch {
+                id: w,
+                path: "fan".into(),
+                subtree: true,
+                since: None,
+            };
+            ws.send(Message::Binary(Codec::MsgPack.encode(&req).into()))
+                .await?;
+        }
+        for _ in 0..PER_CONN {
+            next(&mut ws).await?;
+        }
+        watchers.push(ws);
+    }
+    let (times_tx, mut times_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
+    let mut readers = Vec::new();
+    for mut ws in watchers {
+        let times_tx = times_tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < PER_CONN as i64 * WRITES {
+                if let Response::Change { changes, .. } = next(&mut ws).await? {
+                    if let tarn_core::Value::Int(v) = changes[0].value.0 {
+                        let _ = times_tx.send((v, Instant::now()));
+                    }
+                    got += 1;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(times_tx);
+    let mut writer = connect(addr).await?;
+    let mut sent_at = Vec::new();
+    for v in 0..WRITES {
+        sent_at.push(Instant::now());
+        writer.send(set(v as u64, "fan/x", v)).await?;
+        loop {
+            if let Response::Committed { .. } = next(&mut writer).await? {
+                break;
+            }
+        }
+        // Let this write's fan-out finish before the next.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat = Vec::new();
+    while let Some((v, at)) = times_rx.recv().await {
+        lat.push(at.duration_since(sent_at[v as usize]).as_secs_f64() * 1e3);
+    }
+    for r in readers {
+        r.await??;
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat[((lat.len() as f64 - 1.0) * 0.99) as usize])
+}
+
+async fn bytes_per_write(addr: SocketAddr) -> Result<usize> {
+    let mut watcher = connect(addr).await?;
+    let req = Request::Watch {
+        id: 1,
+        path: "rooms/lobby".into(),
+        subtree: true,
+        since: None,
+    };
+    watcher
+        .send(Message::Binary(Codec::MsgPack.encode(&req).into()))
+        .await?;
+    next(&mut watcher).await?;
+    let mut writer = connect(addr).await?;
+    writer
+        .send(set(1, "rooms/lobby/players/alice/x", 42))
+        .await?;
+    loop {
+        match watcher.next().await.context("closed")?? {
+            Message::Binary(b) => {
+                if let Response::Change { .. } = Codec::MsgPack.decode_response(&b)? {
+                    return Ok(b.len());
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// redis-server on a free port and redis-benchmark's pipelined SET.
+fn redis_sets(duration: Duration) -> Result<f64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-server (apt-get install redis-server)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let requests = (2_000_000.0 * duration.as_secs_f64()).max(100_000.0) as u64;
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set",
+            "-P",
+            "16",
+            "-c",
+            "8",
+            "-q",
+            "-n",
+            &requests.to_string(),
+        ])
+        .output()
+        .context("running redis-benchmark");
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .split_whitespace()
+        .zip(text.split_whitespace().skip(1))
+        .find(|(_, unit)| *unit == "requests")
+        .and_then(|(n, _)| n.parse::<f64>().ok())
+        .with_context(|| format!("reading redis-benchmark output: {text}"))?;
+    Ok(rate)
+}
