@@ -142,9 +142,9 @@ async fn write_loop(
                 Outgoing::Msg(msg) => {
                     let frame = match codec {
                         Codec::Json => Message::Text(Utf8Bytes::from(
-                            String::from_utf8(codec.encode(&msg)).unwrap_or_default(),
+                            String::from_utf8(codec.encode_response(&msg)).unwrap_or_default(),
                         )),
-                        Codec::MsgPack => Message::Binary(codec.encode(&msg).into()),
+                        Codec::MsgPack => Message::Binary(codec.encode_response(&msg).into()),
                     };
                     if sink.feed(frame).await.is_err() {
                         return;

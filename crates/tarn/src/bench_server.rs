@@ -33,9 +33,11 @@ pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let mut config = tarn_server::ServerConfig::default();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.data_dir = dir.join("data");
+        let mut config = tarn_server::ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.join("data"),
+            ..Default::default()
+        };
         config.wal.sync = "batch(2)".into();
         config.limits.max_requests_per_sec = u32::MAX;
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();

@@ -106,3 +106,31 @@ fn bench_store_refuses_an_existing_directory() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     assert!(dir.exists());
 }
+
+#[test]
+fn bench_server_prints_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "server", "--duration-ms", "100"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "server.ws_sets_per_sec",
+        "server.commit_rtt_p50_us",
+        "server.commit_rtt_p99_us",
+        "server.fanout_p99_ms",
+        "server.bytes_per_write",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{want} ")))
+            .unwrap_or_else(|| panic!("missing {want} in:\n{text}"));
+        let value: f64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(value > 0.0, "{line}");
+    }
+}
