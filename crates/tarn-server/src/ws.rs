@@ -52,8 +52,60 @@ pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> HttpR
         .into_response()
 }
 
+/// A commit waiting to be acknowledged.
+struct Ack {
+    id: u64,
+    lsn: u64,
+    time: tarn_core::Time,
+    /// Holds an in-flight slot until answered.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Answers a connection's commits as they become durable, in lsn order:
+/// one task per connection instead of one per commit, and one wait for
+/// every commit a sync made durable.
+async fn ack_loop(
+    db: Arc<tarn_store::Db>,
+    outbox: Arc<Outbox>,
+    mut rx: mpsc::UnboundedReceiver<Ack>,
+) {
+    let mut queue: std::collections::VecDeque<Ack> = std::collections::VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(ack) => queue.push_back(ack),
+                None => return,
+            }
+        }
+        while let Ok(ack) = rx.try_recv() {
+            queue.push_back(ack);
+        }
+        let Some(front) = queue.front() else { continue };
+        let result = db.durable(front.lsn).await;
+        let durable = db.durable_lsn();
+        while queue
+            .front()
+            .is_some_and(|a| result.is_err() || a.lsn <= durable)
+        {
+            let Some(ack) = queue.pop_front() else { break };
+            let msg = match &result {
+                Ok(()) => Response::Committed {
+                    id: ack.id,
+                    time: ack.time.into(),
+                },
+                Err(e) => Response::Error {
+                    id: ack.id,
+                    error: convert::store_error(e),
+                },
+            };
+            outbox.push(msg);
+        }
+    }
+}
+
 struct Session {
     app: Arc<App>,
+    acks: mpsc::UnboundedSender<Ack>,
     outbox: Arc<Outbox>,
     /// Client watch id → engine watch id.
     watches: HashMap<u64, WatchId>,
@@ -69,7 +121,10 @@ async fn session(socket: WebSocket, app: Arc<App>, codec: Codec, _slot: Connecti
     let tick = Duration::from_millis(app.config.tick_ms);
     let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&outbox), codec, tick));
     let mut shutdown = app.shutdown.clone();
+    let (acks, acks_rx) = mpsc::unbounded_channel();
+    tokio::spawn(ack_loop(Arc::clone(&app.db), Arc::clone(&outbox), acks_rx));
     let mut s = Session {
+        acks,
         in_flight: Arc::new(Semaphore::new(
             app.config.limits.max_in_flight_per_connection,
         )),
@@ -328,20 +383,13 @@ impl Session {
                     }
                 };
                 metrics::counter!("tarn_commits_total").increment(1);
-                let (db, outbox) = (Arc::clone(&self.app.db), Arc::clone(&self.outbox));
-                tokio::spawn(async move {
-                    let msg = match db.durable(pending.lsn).await {
-                        Ok(()) => Response::Committed {
-                            id,
-                            time: pending.commit.time.into(),
-                        },
-                        Err(e) => Response::Error {
-                            id,
-                            error: convert::store_error(&e),
-                        },
-                    };
-                    outbox.push(msg);
-                    drop(permit);
+                // The acker answers once durable; a closed acker means the
+                // session is ending.
+                let _ = self.acks.send(Ack {
+                    id,
+                    lsn: pending.lsn,
+                    time: pending.commit.time,
+                    _permit: permit,
                 });
             }
         }

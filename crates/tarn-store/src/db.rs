@@ -581,6 +581,11 @@ impl Db {
         self.wait_durable(state, lsn)
     }
 
+    /// The highest lsn known durable now.
+    pub fn durable_lsn(&self) -> u64 {
+        self.shared.durable_rx.borrow().lsn
+    }
+
     /// Waits (async) until `lsn` is durable.
     pub async fn durable(&self, lsn: u64) -> Result<(), StoreError> {
         let mut rx = self.shared.durable_rx.clone();
