@@ -45,6 +45,8 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The server's storage stopped after a failure; restart it.
     Unavailable,
+    /// No such route or method (HTTP).
+    NotFound,
     /// A bug or an unexpected failure on the server.
     Internal,
 }
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::UnknownWatch => "unknown_watch",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::Internal => "internal",
         }
     }

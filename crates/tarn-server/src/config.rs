@@ -31,6 +31,9 @@ use tarn_store::{StoreOptions, SyncPolicy};
 pub struct ServerConfig {
     /// Address to listen on (`listen`, env `TARN_LISTEN`).
     pub listen: SocketAddr,
+    /// This node's id: the tiebreak of its commit times (`node_id`, env
+    /// `TARN_NODE_ID`); distinct per node in a cluster.
+    pub node_id: u32,
     /// Data directory (`data_dir`, env `TARN_DATA_DIR`).
     pub data_dir: PathBuf,
     /// Watch updates are flushed to a connection at most once per tick
@@ -105,12 +108,28 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests per second per connection (`rate_limited`).
     pub max_requests_per_sec: u32,
+    /// Watches on the whole server (`too_many_watches`).
+    pub max_watches: usize,
+    /// Reads in one transaction (`bad_transaction`).
+    pub max_txn_reads: usize,
+    /// Writes in one transaction (`bad_transaction`).
+    pub max_txn_writes: usize,
+    /// Leaves one transaction writes, objects flattened (`bad_transaction`).
+    pub max_txn_leaves: usize,
+    /// Bytes of values one transaction writes (`too_large`).
+    pub max_txn_bytes: usize,
+    /// Leaf changes one commit makes, implied deletions included
+    /// (`bad_transaction`).
+    pub max_txn_changes: usize,
+    /// Nesting of arrays/objects inside one value (`bad_value`).
+    pub max_value_nesting: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            node_id: 1,
             data_dir: PathBuf::from("tarn-data"),
             tick_ms: 5,
             wal: WalConfig::default(),
@@ -153,6 +172,13 @@ impl Default for Limits {
             max_send_buffer_bytes: 16 << 20,
             max_connections: 10_000,
             max_requests_per_sec: 100_000,
+            max_watches: 1_000_000,
+            max_txn_reads: 10_000,
+            max_txn_writes: 10_000,
+            max_txn_leaves: 100_000,
+            max_txn_bytes: 16 << 20,
+            max_txn_changes: 1_000_000,
+            max_value_nesting: 64,
         }
     }
 }
@@ -310,6 +336,14 @@ impl ServerConfig {
         engine.paths.max_depth = self.limits.max_path_depth;
         engine.paths.max_path_bytes = self.limits.max_path_bytes;
         engine.values.max_value_bytes = self.limits.max_value_bytes;
+        engine.values.max_nesting = self.limits.max_value_nesting;
+        engine.max_watches = self.limits.max_watches;
+        engine.txns.max_reads = self.limits.max_txn_reads;
+        engine.txns.max_writes = self.limits.max_txn_writes;
+        engine.txns.max_leaves = self.limits.max_txn_leaves;
+        engine.txns.max_bytes = self.limits.max_txn_bytes;
+        engine.txns.max_changes = self.limits.max_txn_changes;
+        engine.node = self.node_id;
         Ok(StoreOptions {
             sync: self.sync_policy()?,
             segment_bytes: self.wal.segment_bytes,

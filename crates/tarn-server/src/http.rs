@@ -60,6 +60,42 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .layer(DefaultBodyLimit::max(limit))
 }
 
+/// Makes every error typed: axum's own rejections (a body over the limit,
+/// a malformed query or path) are plain text; this turns any error
+/// response that is not JSON into `{"error": {"code", "message"}}`.
+pub async fn typed_errors(response: HttpResponse) -> HttpResponse {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => ErrorCode::NotFound,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_string();
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    (
+        status,
+        axum::Json(ErrorEnvelope {
+            error: ErrorBody::new(code, message),
+        }),
+    )
+        .into_response()
+}
+
 /// The HTTP status for an error code.
 pub fn status(code: ErrorCode) -> StatusCode {
     match code {
@@ -77,6 +113,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::BeforeHorizon => StatusCode::GONE,
         ErrorCode::TooManyWatches | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::TooManyConnections | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::SlowConsumer | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -85,6 +85,7 @@ pub fn router(app: Arc<App>) -> Router {
     http::routes(Arc::clone(&app))
         .merge(admin::routes())
         .route("/v1/ws", axum::routing::get(ws::upgrade))
+        .layer(axum::middleware::map_response(http::typed_errors))
         .with_state(app)
 }
 

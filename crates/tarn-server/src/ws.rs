@@ -483,10 +483,13 @@ impl Session {
             .map_err(|e| convert::store_error(&e))?;
         let (engine_id, first) =
             registered.map_err(|e| ErrorBody::new(ErrorCode::TooManyWatches, e.to_string()))??;
-        self.watches.insert(client_watch, engine_id);
         if let Err(e) = self.app.db.durable(lsn).await {
+            // Never acknowledged: take the held watch back out.
+            self.app.hub.remove(engine_id);
+            let _ = self.app.db.peek(|e| e.unwatch(engine_id));
             return Err(convert::store_error(&e));
         }
+        self.watches.insert(client_watch, engine_id);
         self.app.hub.release(engine_id, first);
         Ok(())
     }

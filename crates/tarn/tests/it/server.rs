@@ -123,8 +123,10 @@ fn http_round_trips() {
         assert_eq!((s, v["error"]["code"].clone()), (400, json!("bad_request")));
         let (s, v) = send(format!("{}?at=yesterday", u("a")), reqwest::Method::GET, None).await;
         assert_eq!((s, v["error"]["code"].clone()), (400, json!("bad_request")));
-        let (s, _) = send(u("a"), reqwest::Method::PUT, Some(&"1".repeat(17 << 20))).await;
-        assert_eq!(s, 413);
+        let (s, v) = send(u("a"), reqwest::Method::PUT, Some(&"1".repeat(17 << 20))).await;
+        assert_eq!((s, v["error"]["code"].clone()), (413, json!("too_large")));
+        let (s, v) = send(format!("{}/nowhere", server.url), reqwest::Method::GET, None).await;
+        assert_eq!((s, v["error"]["code"].clone()), (404, json!("not_found")));
         assert_eq!(send(u(""), reqwest::Method::GET, None).await.1, json!({"rooms": {"lobby": {"n": 2}}}));
         let (s, metrics) = send(format!("{}/metrics", server.url), reqwest::Method::GET, None).await;
         assert_eq!(s, 200);
