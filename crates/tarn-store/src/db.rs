@@ -448,12 +448,20 @@ impl Db {
         let archives = open_archives(&dir, &options)?;
         let manifest = archives.manifest()?;
         if manifest.archives.is_empty() && !archives.has_manifest()? {
+            // Archives without a manifest are orphans of a first archive
+            // pass that crashed before its manifest (the WAL still starts
+            // at segment 1: nothing was deleted), or the manifest was lost
+            // (segments were deleted on its strength): refuse that.
             let stray = archives
                 .list()?
                 .into_iter()
                 .filter(|n| n.ends_with(".tarc"))
                 .count();
-            if stray > 0 {
+            let first_segment = wal::list_segments(&wal_dir)
+                .map_err(io_err("listing WAL segments"))?
+                .first()
+                .map(|(seq, _)| *seq);
+            if stray > 0 && first_segment != Some(1) {
                 return Err(StoreError::ManifestMissing { count: stray });
             }
         }

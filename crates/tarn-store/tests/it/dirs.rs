@@ -206,3 +206,31 @@ fn an_interrupted_backup_is_not_a_database() {
         Err(StoreError::NotADataDir { .. })
     ));
 }
+
+#[test]
+fn an_orphan_of_a_crashed_first_archive_pass_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        set(&db, "a", 1);
+    }
+    // The first pass wrote its archive, then crashed before the manifest;
+    // the WAL still starts at segment 1.
+    std::fs::write(
+        dir.path().join("archive/d-00000000000000000001.tarc"),
+        b"partial",
+    )
+    .unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert!(
+        db.get(&tarn_core::Path::parse("a").unwrap())
+            .unwrap()
+            .value
+            .is_some()
+    );
+    assert!(
+        !dir.path()
+            .join("archive/d-00000000000000000001.tarc")
+            .exists()
+    );
+}
