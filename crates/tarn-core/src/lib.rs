@@ -20,6 +20,8 @@ pub mod store;
 pub mod time;
 pub mod txn;
 pub mod value;
+#[cfg(feature = "serde")]
+pub mod value_serde;
 pub mod watch;
 pub mod workload;
 

@@ -148,9 +148,12 @@ mod tests {
             br#"{"type":"get","id":"x","path":"a"}"#,
             br#"{"type":"get","id":1,"path":"a","extra":1}"#,
             br#"not json"#,
-            br#"{"type":"commit","id":1,"writes":[{"op":"set","path":"a","value":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}"#,
         ] {
-            assert!(Codec::Json.decode_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Codec::Json.decode_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
         let frame = format!(

@@ -15,45 +15,15 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{Read, Write};
-use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use tarn_core::value_serde::ValueVisitor;
 use tarn_core::{Key, Path, PathLimits, Txn, Value, Write as TxnWrite};
 
 use crate::db::{CommitError, Db, StoreError};
 
 /// Leaves read per page while exporting.
 const EXPORT_PAGE: usize = 4096;
-
-/// Serializes a [`Value`] as JSON.
-pub struct JsonValue<'a>(pub &'a Value);
-
-impl Serialize for JsonValue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Null => s.serialize_unit(),
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::Int(i) => s.serialize_i64(*i),
-            Value::Float(f) => s.serialize_f64(*f),
-            Value::String(t) => s.serialize_str(t),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items.iter() {
-                    seq.serialize_element(&JsonValue(item))?;
-                }
-                seq.end()
-            }
-            Value::Object(map) => {
-                let mut m = s.serialize_map(Some(map.len()))?;
-                for (k, v) in map {
-                    m.serialize_entry(&**k, &JsonValue(v))?;
-                }
-                m.end()
-            }
-        }
-    }
-}
 
 /// What an export or import did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,7 +73,7 @@ pub fn export_json(db: &Db, prefix: &Path, out: impl Write) -> Result<TransferSt
             let rel = &path.keys()[prefix.depth()..];
             if rel.is_empty() {
                 // The prefix itself is a leaf: the whole export is one value.
-                serde_json::to_writer(&mut out, &JsonValue(value)).map_err(json_err)?;
+                serde_json::to_writer(&mut out, value).map_err(json_err)?;
                 wrote_bare_leaf = true;
                 continue;
             }
@@ -127,7 +97,7 @@ pub fn export_json(db: &Db, prefix: &Path, out: impl Write) -> Result<TransferSt
             let leaf = &rel[rel.len() - 1];
             serde_json::to_writer(&mut out, leaf.as_str()).map_err(json_err)?;
             out.write_all(b":").map_err(io("writing the export"))?;
-            serde_json::to_writer(&mut out, &JsonValue(value)).map_err(json_err)?;
+            serde_json::to_writer(&mut out, value).map_err(json_err)?;
         }
     }
     if started {
@@ -287,7 +257,7 @@ impl<'de> Visitor<'de> for TreeSeed<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        let value = ValueVisitor.visit_seq(seq)?;
+        let value = ValueVisitor::new().visit_seq(seq)?;
         self.leaf(value)
     }
 
@@ -298,7 +268,7 @@ impl<'de> Visitor<'de> for TreeSeed<'_, '_> {
         self.leaf(Value::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.leaf(ValueVisitor.visit_u64::<E>(v)?)
+        self.leaf(ValueVisitor::new().visit_u64::<E>(v)?)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
         self.leaf(Value::Float(v))
@@ -308,56 +278,5 @@ impl<'de> Visitor<'de> for TreeSeed<'_, '_> {
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())
-    }
-}
-
-/// Builds a whole [`Value`] (for arrays, which are one leaf).
-struct ValueVisitor;
-
-impl<'de> DeserializeSeed<'de> for ValueVisitor {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::str(v))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(v) = seq.next_element_seed(ValueVisitor)? {
-            items.push(v);
-        }
-        Ok(Value::Array(Arc::from(items)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = std::collections::BTreeMap::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let v = map.next_value_seed(ValueVisitor)?;
-            out.insert(Arc::from(k.as_str()), v);
-        }
-        Ok(Value::Object(out))
     }
 }
