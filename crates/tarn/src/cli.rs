@@ -209,25 +209,12 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
         .header("content-type", "application/json")
         .send()
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the server at {}; start it with `tarn serve` or pass --server",
-                server.server
-            )
-        })?;
-    let status = response.status();
-    let body = response.text().await.context("reading the answer")?;
-    if !status.is_success() {
-        match serde_json::from_str::<tarn_proto::ErrorEnvelope>(&body) {
-            Ok(e) => bail!(
-                "{} ({}): {}",
-                e.error.code.as_str(),
-                status,
-                e.error.message
-            ),
-            Err(_) => bail!("the server answered {status}: {body}"),
-        }
-    }
+        .with_context(|| unreachable_server(server))?;
+    let body = check(response)
+        .await?
+        .text()
+        .await
+        .context("reading the answer")?;
     if matches!(cmd, ClientCommand::Status { .. }) {
         println!("ok: {} is up", server.server);
         return Ok(());
