@@ -27,6 +27,12 @@ use tarn_core::{Change, ClientId, Key, Path, PathLimits, Time, TxnId, Value};
 /// Payload format version written by this build.
 pub const PAYLOAD_VERSION: u8 = 1;
 const KIND_COMMIT: u8 = 1;
+/// A sync marker: written after each group of commits, in the same write
+/// that the group's fsync covers (segment format 2).
+const KIND_SYNC: u8 = 2;
+
+/// The payload of a sync marker.
+pub const SYNC_MARKER: [u8; 2] = [PAYLOAD_VERSION, KIND_SYNC];
 /// Deepest array/object nesting accepted in a stored value.
 const MAX_NESTING: usize = 128;
 
@@ -100,6 +106,10 @@ pub enum DecodeError {
         /// Offset within the payload.
         at: usize,
     },
+    /// Not a commit but a sync marker (callers that read logs handle it;
+    /// see `wal::RecordRead::Marker`).
+    #[error("a sync marker, not a commit")]
+    SyncMarker,
     /// Bytes left over after the item.
     #[error("{extra} unexpected bytes after the record")]
     Trailing {
@@ -462,6 +472,9 @@ pub fn decode_commit_cached(
         });
     }
     let kind = r.u8()?;
+    if kind == KIND_SYNC && r.remaining() == 0 {
+        return Err(DecodeError::SyncMarker);
+    }
     if kind != KIND_COMMIT {
         return Err(DecodeError::BadTag {
             what: "record kind",

@@ -815,6 +815,8 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
         drop(state);
 
         last_flush = Instant::now();
+        // The group's sync marker, in the same write and the same sync.
+        wal::push_sync_marker(&mut buf);
         let result = writer.append(&buf);
         let mut state = lock(shared);
         match result {
@@ -945,6 +947,7 @@ fn archive_pass(
                     }
                     at = next;
                 }
+                RecordRead::Marker { next } => at = next,
                 RecordRead::End => break,
                 RecordRead::Bad(bad) if shared.options.recover => {
                     // Damage skipped at open with --recover: skip it here
@@ -1279,6 +1282,10 @@ fn scan_wal(
                     valid_end = at;
                     progress.set(recovery.wal_bytes + at as u64);
                 }
+                RecordRead::Marker { next } => {
+                    at = next;
+                    valid_end = at;
+                }
                 RecordRead::End => break,
                 RecordRead::Bad(BadRecord::Decode(codec::DecodeError::NewerVersion {
                     found,
@@ -1294,9 +1301,16 @@ fn scan_wal(
                 }
                 RecordRead::Bad(bad) => {
                     let next = wal::find_next_record(&bytes, at + 1, options.max_record_bytes);
+                    // In the newest segment, damage that no intact sync
+                    // marker follows belongs to the final group, whose sync
+                    // never completed (nothing in it was acknowledged), even
+                    // if some of its records persisted past the hole.
+                    let torn_group = is_last
+                        && wal::segment_format(&bytes) >= 2
+                        && !wal::marker_after(&bytes, at + 1, options.max_record_bytes);
                     match next {
-                        None if is_last => {
-                            // A torn or damaged tail: nothing good follows.
+                        _ if torn_group || (next.is_none() && is_last) => {
+                            // A torn or damaged tail: cut it.
                             let dropped = (bytes.len() - at) as u64;
                             tracing::warn!(segment = seq, offset = at, dropped, reason = %bad, "truncating damaged WAL tail");
                             recovery.truncated.push((seq, at as u64, dropped));

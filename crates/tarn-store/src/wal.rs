@@ -11,6 +11,14 @@
 //! reserved (0), `u64` segment number, `u32` CRC32C of the preceding 24
 //! bytes, `u32` reserved (0).
 //!
+//! Each group of records written and synced together ends with a *sync
+//! marker* (a record whose payload is `[1, 2]`). Group N+1 is written only
+//! after group N's sync returned, so an intact marker after a damaged
+//! record proves the damaged group was complete: real corruption. Damage
+//! with no intact marker after it, in the newest segment, is a torn final
+//! group that was never acknowledged: the tail is cut there, even if
+//! records of that group persisted past the hole.
+//!
 //! What is assumed of the disk: a write may be torn at any byte, and
 //! nothing written is durable until `fdatasync` returns; after a failed
 //! `fdatasync` the page cache is not trusted again (the database stops).
@@ -21,8 +29,10 @@ use std::path::{Path as FsPath, PathBuf};
 
 use crate::codec::{self, CommitRecord, DecodeError};
 
-/// Format version of segment files written by this build.
-pub const SEGMENT_FORMAT: u32 = 1;
+/// Format version of segment files written by this build. Format 2 adds a
+/// sync marker after each group of records; format 1 (no markers) is
+/// still read.
+pub const SEGMENT_FORMAT: u32 = 2;
 /// Bytes before the first record of a segment.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 /// Bytes of a record's frame before its payload.
@@ -128,7 +138,7 @@ pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
             0,
             usize::MAX
         ),
-        RecordRead::Ok { .. }
+        RecordRead::Ok { .. } | RecordRead::Marker { .. }
     ));
 }
 
@@ -205,6 +215,11 @@ pub fn check_header(buf: &[u8], seq: u64) -> Result<(), HeaderError> {
 /// The result of reading one record at an offset.
 #[derive(Debug, PartialEq)]
 pub enum RecordRead {
+    /// A sync marker (end of a group); the next record starts at `next`.
+    Marker {
+        /// Offset just past it.
+        next: usize,
+    },
     /// A good record; the next one starts at `next`.
     Ok {
         /// The decoded record.
@@ -298,8 +313,36 @@ pub fn read_record_cached(
             record,
             next: at + need,
         },
+        Err(codec::DecodeError::SyncMarker) => RecordRead::Marker { next: at + need },
         Err(e) => RecordRead::Bad(BadRecord::Decode(e)),
     }
+}
+
+/// Appends a sync marker to a group of framed records.
+pub fn push_sync_marker(out: &mut Vec<u8>) {
+    frame(out, &codec::SYNC_MARKER);
+}
+
+/// True if an intact sync marker starts anywhere after `from` (the test
+/// that tells real corruption from a torn final group).
+pub fn marker_after(buf: &[u8], from: usize, max_record_bytes: usize) -> bool {
+    let mut at = from;
+    while let Some(found) = find_next_record(buf, at, max_record_bytes) {
+        if matches!(
+            read_record(buf, found, max_record_bytes),
+            RecordRead::Marker { .. }
+        ) {
+            return true;
+        }
+        at = found + 1;
+    }
+    false
+}
+
+/// The format of a segment whose header checked out.
+pub fn segment_format(buf: &[u8]) -> u32 {
+    buf.get(8..12)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The offset of the next good record after `from`, if any: a recovery
@@ -311,7 +354,7 @@ pub fn find_next_record(buf: &[u8], from: usize, max_record_bytes: usize) -> Opt
         if buf[at + 4..at + 8] == sentinel
             && matches!(
                 read_record(buf, at, max_record_bytes),
-                RecordRead::Ok { .. }
+                RecordRead::Ok { .. } | RecordRead::Marker { .. }
             )
         {
             return Some(at);

@@ -36,14 +36,31 @@ fn wal_with(n: i64) -> (tempfile::TempDir, PathBuf, Vec<usize>) {
     (dir, seg, offsets)
 }
 
+/// The start of every commit record, then the end of the file (sync
+/// markers between them are skipped).
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-    let mut out = vec![wal::SEGMENT_HEADER_BYTES];
+    let mut out = Vec::new();
     let mut at = wal::SEGMENT_HEADER_BYTES;
-    while let RecordRead::Ok { next, .. } = wal::read_record(bytes, at, usize::MAX) {
-        out.push(next);
-        at = next;
+    loop {
+        match wal::read_record(bytes, at, usize::MAX) {
+            RecordRead::Ok { next, .. } => {
+                out.push(at);
+                at = next;
+            }
+            RecordRead::Marker { next } => at = next,
+            _ => break,
+        }
     }
+    out.push(at);
     out
+}
+
+/// The end of the commit record that starts at `start`.
+fn record_end(bytes: &[u8], start: usize) -> usize {
+    match wal::read_record(bytes, start, usize::MAX) {
+        RecordRead::Ok { next, .. } => next,
+        other => panic!("no record at {start}: {other:?}"),
+    }
 }
 
 fn present(db: &Db) -> usize {
@@ -63,36 +80,65 @@ fn a_torn_tail_at_every_byte_of_the_last_record_is_truncated() {
     let last_start = offsets[4];
     let end = offsets[5];
     let original = std::fs::read(&seg).unwrap();
+    let last_end = record_end(&original, last_start); // its sync marker follows
     for cut in last_start..end {
         let copy = copy_of(dir.path());
         let seg_copy = copy.path().join("wal").join(wal::segment_name(1));
         std::fs::write(&seg_copy, &original[..cut]).unwrap();
         let db = Db::open(copy.path(), options()).unwrap();
-        assert_eq!(present(&db), 4, "cut at byte {cut}");
-        if cut > last_start {
+        // Cut inside the record: it is lost (it was never acknowledged:
+        // its group's sync covers the marker too). Cut inside the marker:
+        // the record is whole and kept.
+        let kept = if cut < last_end { 4 } else { 5 };
+        assert_eq!(present(&db), kept, "cut at byte {cut}");
+        let torn_at = if cut < last_end { last_start } else { last_end };
+        if cut > torn_at {
             assert_eq!(
                 db.recovery().truncated,
-                vec![(1, last_start as u64, (cut - last_start) as u64)]
+                vec![(1, torn_at as u64, (cut - torn_at) as u64)]
             );
         }
         // New commits append after the good records and survive.
         set(&db, "after", 1);
         db.close().unwrap();
         let db = Db::open(copy.path(), options()).unwrap();
-        assert_eq!(present(&db), 5, "cut at byte {cut}");
+        assert_eq!(present(&db), kept + 1, "cut at byte {cut}");
         assert_eq!(get(&db, "after"), Some(Value::Int(1)));
         assert!(db.recovery().truncated.is_empty());
     }
 }
 
 #[test]
-fn a_flipped_bit_in_the_last_record_truncates_it() {
+fn a_flipped_bit_in_the_last_record_is_corruption_but_in_its_marker_a_torn_tail() {
     let (dir, seg, offsets) = wal_with(5);
-    let mut bytes = std::fs::read(&seg).unwrap();
+    let original = std::fs::read(&seg).unwrap();
+    // The last record's group was synced (its marker is intact), so the
+    // record was acknowledged: a flipped bit there is corruption, refused
+    // rather than silently cut.
+    let mut bytes = original.clone();
     bytes[offsets[4] + 20] ^= 0x04;
     std::fs::write(&seg, &bytes).unwrap();
-    let db = Db::open(dir.path(), options()).unwrap();
+    assert!(matches!(
+        Db::open(dir.path(), options()),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let db = Db::open(
+        dir.path(),
+        StoreOptions {
+            recover: true,
+            ..options()
+        },
+    )
+    .unwrap();
     assert_eq!(present(&db), 4);
+    drop(db);
+    // A flipped bit in the final marker: a torn tail, cut; the record stays.
+    let mut bytes = original;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x04;
+    std::fs::write(&seg, &bytes).unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(present(&db), 5);
     assert_eq!(db.recovery().truncated.len(), 1);
 }
 
@@ -100,6 +146,7 @@ fn a_flipped_bit_in_the_last_record_truncates_it() {
 fn a_flipped_bit_in_the_middle_is_refused_then_skipped_with_recover() {
     let (dir, seg, offsets) = wal_with(6);
     let mut bytes = std::fs::read(&seg).unwrap();
+    let end2 = record_end(&bytes, offsets[2]);
     bytes[offsets[2] + 14] ^= 0x80;
     std::fs::write(&seg, &bytes).unwrap();
     let err = Db::open(dir.path(), options()).unwrap_err();
@@ -112,7 +159,8 @@ fn a_flipped_bit_in_the_middle_is_refused_then_skipped_with_recover() {
         } => {
             assert_eq!(*segment, 1);
             assert_eq!(*offset, offsets[2] as u64);
-            assert_eq!(*next_good, Some(offsets[3] as u64));
+            // The next good record is the damaged group's sync marker.
+            assert_eq!(*next_good, Some(end2 as u64));
         }
         other => panic!("expected Corrupt, got {other}"),
     }
@@ -135,7 +183,7 @@ fn a_flipped_bit_in_the_middle_is_refused_then_skipped_with_recover() {
     assert_eq!(get(&db, "k3"), Some(Value::Int(3)));
     assert_eq!(
         db.recovery().skipped,
-        vec![(1, offsets[2] as u64, offsets[3] as u64)]
+        vec![(1, offsets[2] as u64, end2 as u64)]
     );
 }
 
@@ -266,4 +314,76 @@ fn garbage_segments_never_panic() {
         .unwrap();
         assert!(present(&db) <= 3);
     }
+}
+
+/// Appends one group of commit records (and, if `marker`, its sync
+/// marker) to segment 1 of `dir`, with times after everything in it.
+fn append_group(seg: &std::path::Path, values: &[i64], marker: bool) -> Vec<usize> {
+    let mut bytes = std::fs::read(seg).unwrap();
+    let mut starts = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let time = tarn_core::Time {
+            ms: u64::MAX >> 17,
+            logical: i as u32,
+            node: 1,
+        };
+        let changes = [tarn_core::Change {
+            path: crate::support::p(&format!("g{v}")),
+            value: Some(Value::Int(*v)),
+        }];
+        let mut payload = Vec::new();
+        tarn_store::codec::encode_commit(&mut payload, time, None, &changes);
+        starts.push(bytes.len());
+        wal::frame(&mut bytes, &payload);
+    }
+    if marker {
+        wal::push_sync_marker(&mut bytes);
+    }
+    std::fs::write(seg, &bytes).unwrap();
+    starts
+}
+
+#[test]
+fn a_torn_final_group_with_a_hole_is_cut_not_refused() {
+    // Power loss during the last group's write: the disk kept the group's
+    // later records but not an earlier one, and not the marker. None of it
+    // was acknowledged; recovery keeps everything before the hole.
+    let (dir, seg, _) = wal_with(3);
+    let starts = append_group(&seg, &[10, 11, 12], false);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[starts[1] + 14] ^= 0xFF; // the hole
+    std::fs::write(&seg, &bytes).unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(get(&db, "g10"), Some(Value::Int(10)));
+    assert_eq!(get(&db, "g11"), None);
+    assert_eq!(
+        get(&db, "g12"),
+        None,
+        "no record past the hole of an unacknowledged group"
+    );
+    assert_eq!(db.recovery().truncated[0].1, starts[1] as u64);
+}
+
+#[test]
+fn a_hole_in_a_group_that_was_synced_is_corruption() {
+    // The same hole, but the group's marker is intact: the group was
+    // synced and acknowledged, so the damage is real corruption.
+    let (dir, seg, _) = wal_with(3);
+    let starts = append_group(&seg, &[10, 11, 12], true);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[starts[1] + 14] ^= 0xFF;
+    std::fs::write(&seg, &bytes).unwrap();
+    assert!(matches!(
+        Db::open(dir.path(), options()),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let db = Db::open(
+        dir.path(),
+        StoreOptions {
+            recover: true,
+            ..options()
+        },
+    )
+    .unwrap();
+    assert_eq!(get(&db, "g12"), Some(Value::Int(12)));
 }
