@@ -37,7 +37,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(crate::support::cases(512)))]
 
     /// Every stamp is strictly greater than every stamp made or observed
     /// before it, and never behind the wall clock (below the clamp).

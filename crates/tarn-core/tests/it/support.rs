@@ -38,3 +38,11 @@ pub fn patch(engine: &mut Engine, path: &str, value: Value, ms: u64) -> tarn_cor
 pub fn get(engine: &Engine, path: &str) -> Option<Value> {
     engine.store().get(&p(path)).value
 }
+
+/// Proptest cases: `default`, or `TARN_PROPTEST_CASES` for a long run.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("TARN_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
