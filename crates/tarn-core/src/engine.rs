@@ -247,14 +247,14 @@ impl Engine {
         }
         let newest = self.store.newest();
         for read in &txn.reads {
-            if let Seen::At(seen) = read.seen {
-                if seen > newest {
-                    return Err(InvalidTxn::SeenInFuture {
-                        path: read.path.clone(),
-                        seen,
-                        newest,
-                    });
-                }
+            if let Seen::At(seen) = read.seen
+                && seen > newest
+            {
+                return Err(InvalidTxn::SeenInFuture {
+                    path: read.path.clone(),
+                    seen,
+                    newest,
+                });
             }
         }
         Ok(())

@@ -817,10 +817,10 @@ fn assemble_latest(node: &Node) -> Option<Value> {
 }
 
 fn assemble_at(node: &Node, at: Time, seen: &mut Time) -> Option<Value> {
-    if let Some(v) = node.version_at(at) {
-        if v.time > *seen {
-            *seen = v.time;
-        }
+    if let Some(v) = node.version_at(at)
+        && v.time > *seen
+    {
+        *seen = v.time;
     }
     let mut map = BTreeMap::new();
     for (k, c) in &node.children {

@@ -38,7 +38,7 @@ impl Clock {
     fn tick(&mut self, engine: &mut Engine) -> u64 {
         self.ops += 1;
         let wall_ms = 1_000_000 + self.ops / Clock::OPS_PER_MS;
-        if self.ops % Clock::COMPACT_EVERY == 0 {
+        if self.ops.is_multiple_of(Clock::COMPACT_EVERY) {
             engine.compact(wall_ms);
         }
         wall_ms

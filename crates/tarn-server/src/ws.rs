@@ -425,13 +425,13 @@ impl Session {
             .db
             .peek(|e| {
                 let newest = e.newest();
-                if let Some(since) = since {
-                    if tarn_core::Time::from(since) > newest {
-                        return Ok(Err(ErrorBody::new(
-                            ErrorCode::AfterNewest,
-                            format!("since {:?} is after the newest commit; resume from a time this server sent", since),
-                        )));
-                    }
+                if let Some(since) = since
+                    && tarn_core::Time::from(since) > newest
+                {
+                    return Ok(Err(ErrorBody::new(
+                        ErrorCode::AfterNewest,
+                        format!("since {:?} is after the newest commit; resume from a time this server sent", since),
+                    )));
                 }
                 let engine_id = e.watch(path.clone(), kind)?;
                 // Same critical section as the engine registration: no

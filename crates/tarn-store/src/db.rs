@@ -205,6 +205,14 @@ pub enum StoreError {
         /// Archive files found.
         count: usize,
     },
+    /// Another process has the data directory open.
+    #[error(
+        "{dir} is in use by another tarn process; stop it, or point --data at another directory"
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A write or sync of the log failed earlier; the database stopped.
     #[error(
         "the database stopped after a write-ahead log failure ({0}); restart tarn to recover from the log"
@@ -327,6 +335,8 @@ pub struct Db {
     threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
     recovery: Recovery,
+    /// Holds the data directory's lock until the database is dropped.
+    _lock: fs::File,
 }
 
 impl std::fmt::Debug for Db {
@@ -443,6 +453,29 @@ impl Db {
         let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable::default());
         let dir = dir.as_ref().to_path_buf();
         prepare_data_dir(&dir)?;
+        // One process per data directory: an exclusive lock on the identity
+        // file (no new file, so a refused open leaves the directory as it
+        // was), released when the process ends, even by kill -9.
+        let identity = dir.join(IDENTITY_FILE);
+        let lock =
+            fs::File::open(&identity).map_err(io_err(format!("opening {}", identity.display())))?;
+        // A process that just exited, or a child forked by this one and
+        // not yet exec'd, may hold the lock for a moment: retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked { dir: dir.clone() });
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(io_err(format!("locking {}", identity.display()))(e));
+                }
+            }
+        }
         let wal_dir = dir.join("wal");
         fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
         let archives = open_archives(&dir, &options)?;
@@ -530,6 +563,7 @@ impl Db {
             threads,
             dir,
             recovery,
+            _lock: lock,
         })
     }
 

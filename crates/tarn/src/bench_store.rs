@@ -172,7 +172,7 @@ fn replay(dir: &FsPath, mib: u64) -> Result<(f64, f64)> {
                         let path = parse(&format!("replay/t{t}/k{}", i % 10_000));
                         db.commit(Txn::set(path, value.clone()))?;
                         i += 1;
-                        if i % 256 == 0 {
+                        if i.is_multiple_of(256) {
                             bar.set_position(db.stats().wal_bytes.min(target));
                         }
                     }

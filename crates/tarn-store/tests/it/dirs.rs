@@ -234,3 +234,26 @@ fn an_orphan_of_a_crashed_first_archive_pass_is_removed() {
             .exists()
     );
 }
+
+#[test]
+fn one_process_at_a_time_per_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    set(&db, "a", 1);
+    let before = contents(dir.path());
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another tarn process"),
+        "{err}"
+    );
+    drop(db);
+    assert_eq!(contents(dir.path()).len(), before.len());
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert!(
+        db.get(&tarn_core::Path::parse("a").unwrap())
+            .unwrap()
+            .value
+            .is_some()
+    );
+}
