@@ -805,9 +805,9 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 }
 
 fn append_record(state: &mut State, commit: &Commit) {
-    let mut payload = Vec::with_capacity(64);
-    codec::encode_commit(&mut payload, commit.time, commit.id, &commit.changes);
-    wal::frame(&mut state.pending, &payload);
+    wal::frame_with(&mut state.pending, |buf| {
+        codec::encode_commit(buf, commit.time, commit.id, &commit.changes);
+    });
     state.next_lsn += 1;
     state.stats.commits += 1;
 }

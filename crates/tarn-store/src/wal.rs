@@ -125,19 +125,25 @@ pub fn list_segments(dir: &FsPath) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// Frames `payload` as a record, appending to `out`.
 pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("records are bounded by max_record_bytes");
+    frame_with(out, |buf| buf.extend_from_slice(payload));
+}
+
+/// Frames the payload that `write` appends, encoding it in place after a
+/// reserved header (no intermediate buffer on the commit path).
+pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    write(out);
+    let payload = &out[start + RECORD_HEADER_BYTES..];
+    let len = u32::try_from(payload.len())
+        .expect("records are bounded well below 4 GiB by the transaction limits");
     let crc = crc32c::crc32c(payload);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&SENTINEL.to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&SENTINEL.to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     // Pair assertion: what we frame must read back.
     debug_assert!(matches!(
-        read_record(
-            &out[out.len() - payload.len() - RECORD_HEADER_BYTES..],
-            0,
-            usize::MAX
-        ),
+        read_record(&out[start..], 0, usize::MAX),
         RecordRead::Ok { .. } | RecordRead::Marker { .. }
     ));
 }
