@@ -33,11 +33,11 @@ use crate::{App, convert};
 /// The admin routes.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/v1/export", get(export_root))
-        .route("/v1/export/", get(export_root))
+        .route("/v1/export", get(export))
+        .route("/v1/export/", get(export))
         .route("/v1/export/{*path}", get(export))
-        .route("/v1/import", post(import_root))
-        .route("/v1/import/", post(import_root))
+        .route("/v1/import", post(import))
+        .route("/v1/import/", post(import))
         .route("/v1/import/{*path}", post(import))
         .route("/v1/backup", post(backup))
 }
@@ -81,12 +81,8 @@ impl Read for ChannelReader {
     }
 }
 
-async fn export_root(state: State<Arc<App>>) -> HttpResponse {
-    run_export(state.0, String::new()).await
-}
-
-async fn export(State(app): State<Arc<App>>, UrlPath(path): UrlPath<String>) -> HttpResponse {
-    run_export(app, path).await
+async fn export(State(app): State<Arc<App>>, path: Option<UrlPath<String>>) -> HttpResponse {
+    run_export(app, path.map(|UrlPath(p)| p).unwrap_or_default()).await
 }
 
 async fn run_export(app: Arc<App>, path: String) -> HttpResponse {
@@ -126,17 +122,13 @@ struct ImportQuery {
     batch: Option<usize>,
 }
 
-async fn import_root(state: State<Arc<App>>, q: Query<ImportQuery>, body: Body) -> HttpResponse {
-    run_import(state.0, String::new(), q.0, body).await
-}
-
 async fn import(
     State(app): State<Arc<App>>,
-    UrlPath(path): UrlPath<String>,
+    path: Option<UrlPath<String>>,
     Query(q): Query<ImportQuery>,
     body: Body,
 ) -> HttpResponse {
-    run_import(app, path, q, body).await
+    run_import(app, path.map(|UrlPath(p)| p).unwrap_or_default(), q, body).await
 }
 
 async fn run_import(app: Arc<App>, path: String, q: ImportQuery, body: Body) -> HttpResponse {

@@ -32,28 +32,14 @@ use crate::{App, convert};
 /// The HTTP routes (state added by the caller).
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     let limit = app.config.limits.max_message_bytes;
+    let data = get(get_data)
+        .put(put_data)
+        .patch(patch_data)
+        .delete(delete_data);
     Router::new()
-        .route(
-            "/v1/data",
-            get(get_root)
-                .put(put_root)
-                .patch(patch_root)
-                .delete(delete_root),
-        )
-        .route(
-            "/v1/data/",
-            get(get_root)
-                .put(put_root)
-                .patch(patch_root)
-                .delete(delete_root),
-        )
-        .route(
-            "/v1/data/{*path}",
-            get(get_data)
-                .put(put_data)
-                .patch(patch_data)
-                .delete(delete_data),
-        )
+        .route("/v1/data", data.clone())
+        .route("/v1/data/", data.clone())
+        .route("/v1/data/{*path}", data)
         .route("/v1/tx", post(post_tx))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -147,17 +133,20 @@ fn wants_sse(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/event-stream"))
 }
 
-async fn get_root(state: State<Arc<App>>, q: Query<DataQuery>, headers: HeaderMap) -> HttpResponse {
-    read(state, String::new(), q, headers).await
+/// The path of a `/v1/data` route: absent for the root.
+type DataPath = Option<UrlPath<String>>;
+
+fn data_path(path: DataPath) -> String {
+    path.map(|UrlPath(p)| p).unwrap_or_default()
 }
 
 async fn get_data(
     state: State<Arc<App>>,
-    UrlPath(path): UrlPath<String>,
+    path: DataPath,
     q: Query<DataQuery>,
     headers: HeaderMap,
 ) -> HttpResponse {
-    read(state, path, q, headers).await
+    read(state, data_path(path), q, headers).await
 }
 
 async fn read(
@@ -254,8 +243,8 @@ async fn write(
     }
 }
 
-async fn put_root(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
-    write(app, String::new(), |path| {
+async fn put_data(State(app): State<Arc<App>>, path: DataPath, body: Bytes) -> HttpResponse {
+    write(app, data_path(path), |path| {
         Ok(Write::Set {
             path,
             value: parse_value(&body)?,
@@ -264,22 +253,8 @@ async fn put_root(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
     .await
 }
 
-async fn put_data(
-    State(app): State<Arc<App>>,
-    UrlPath(path): UrlPath<String>,
-    body: Bytes,
-) -> HttpResponse {
-    write(app, path, |path| {
-        Ok(Write::Set {
-            path,
-            value: parse_value(&body)?,
-        })
-    })
-    .await
-}
-
-async fn patch_root(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
-    write(app, String::new(), |path| {
+async fn patch_data(State(app): State<Arc<App>>, path: DataPath, body: Bytes) -> HttpResponse {
+    write(app, data_path(path), |path| {
         Ok(Write::Patch {
             path,
             value: parse_value(&body)?,
@@ -288,26 +263,8 @@ async fn patch_root(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
     .await
 }
 
-async fn patch_data(
-    State(app): State<Arc<App>>,
-    UrlPath(path): UrlPath<String>,
-    body: Bytes,
-) -> HttpResponse {
-    write(app, path, |path| {
-        Ok(Write::Patch {
-            path,
-            value: parse_value(&body)?,
-        })
-    })
-    .await
-}
-
-async fn delete_root(State(app): State<Arc<App>>) -> HttpResponse {
-    write(app, String::new(), |path| Ok(Write::Delete { path })).await
-}
-
-async fn delete_data(State(app): State<Arc<App>>, UrlPath(path): UrlPath<String>) -> HttpResponse {
-    write(app, path, |path| Ok(Write::Delete { path })).await
+async fn delete_data(State(app): State<Arc<App>>, path: DataPath) -> HttpResponse {
+    write(app, data_path(path), |path| Ok(Write::Delete { path })).await
 }
 
 async fn post_tx(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
