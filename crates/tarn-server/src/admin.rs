@@ -42,17 +42,40 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/backup", post(backup))
 }
 
+/// How long an export waits for a client that stopped reading.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `std::io::Write` into a bounded channel of chunks.
 struct ChannelWriter(mpsc::Sender<std::io::Result<Bytes>>);
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-            })?;
-        Ok(buf.len())
+        // A client that stops reading must not hold the export's snapshot
+        // pin (and a blocking thread) forever: give up after a while.
+        let deadline = std::time::Instant::now() + EXPORT_STALL;
+        let mut chunk = Ok(Bytes::copy_from_slice(buf));
+        loop {
+            match self.0.try_send(chunk) {
+                Ok(()) => return Ok(buf.len()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the client went away",
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client stopped reading the export",
+                        ));
+                    }
+                    chunk = back;
+                    // A blocking thread waiting for a slow reader.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -162,13 +185,19 @@ async fn run_import(app: Arc<App>, path: String, q: ImportQuery, body: Body) -> 
         }
     });
     let db = Arc::clone(&app.db);
-    let batch = q.batch.unwrap_or(10_000);
+    // One batch is one transaction: never more leaves than it may hold.
+    let batch = q
+        .batch
+        .unwrap_or(10_000)
+        .clamp(1, app.config.limits.max_txn_leaves);
     let result = tokio::task::spawn_blocking(move || {
         let reader = ChannelReader {
             rx,
             chunk: Bytes::new(),
         };
-        tarn_store::import_json(&db, &path, reader, mode, batch)
+        tarn_store::import_json_guarded(&db, &path, reader, mode, batch, &|w| {
+            convert::writable(w).map_err(|e| e.message)
+        })
     })
     .await;
     match result {
@@ -211,7 +240,15 @@ async fn backup(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
             "bytes": info.bytes,
         }))
         .into_response(),
-        Ok(Err(e)) => error_response(&ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
+        Ok(Err(tarn_store::StoreError::Io { context, source }))
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            error_response(&ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("{context}: {source}"),
+            ))
+        }
+        Ok(Err(e)) => error_response(&convert::store_error(&e)),
         Err(e) => error_response(&ErrorBody::new(ErrorCode::Internal, e.to_string())),
     }
 }

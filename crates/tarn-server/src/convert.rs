@@ -51,24 +51,7 @@ pub fn txn(
                     path: path(&p, limits)?,
                 },
             };
-            // `$sys/` is the system's (call outcomes, timers, modules):
-            // clients never write it directly.
-            if w.path()
-                .keys()
-                .first()
-                .is_some_and(|k| k.as_str() == "$sys")
-            {
-                return Err(ErrorBody {
-                    path: Some(w.path().to_string()),
-                    ..ErrorBody::new(
-                        ErrorCode::BadPath,
-                        format!(
-                            "'{}' is under $sys/, which only the system writes",
-                            w.path()
-                        ),
-                    )
-                });
-            }
+            writable(&w)?;
             Ok(w)
         })
         .collect::<Result<_, ErrorBody>>()?;
@@ -82,6 +65,50 @@ pub fn change(c: &Change) -> WireChange {
         value: WireValue(c.value.clone().unwrap_or(tarn_core::Value::Null)),
     }
 }
+
+/// Refuses client writes that would touch `$sys/` (call outcomes, timers,
+/// modules: only the system writes them): a path under it, a set or delete
+/// of the root (which holds it), a patch of the root naming it. Every
+/// client write path (WebSocket, REST, transactions, import) goes through
+/// here.
+pub fn writable(w: &Write) -> Result<(), ErrorBody> {
+    let path = w.path();
+    let refuse = |why: String| {
+        Err(ErrorBody {
+            path: Some(path.to_string()),
+            ..ErrorBody::new(ErrorCode::BadPath, why)
+        })
+    };
+    if path
+        .keys()
+        .first()
+        .is_some_and(|k| k.as_str() == SYSTEM_KEY)
+    {
+        return refuse(format!(
+            "'{path}' is under {SYSTEM_KEY}/, which only the system writes"
+        ));
+    }
+    if path.is_root() {
+        match w {
+            Write::Set { .. } | Write::Delete { .. } => {
+                return refuse(format!(
+                    "the root also holds {SYSTEM_KEY}/, which only the system writes: set or delete its children, or patch the root"
+                ));
+            }
+            Write::Patch {
+                value: tarn_core::Value::Object(children),
+                ..
+            } if children.contains_key(SYSTEM_KEY) => {
+                return refuse(format!("a patch of the root may not name {SYSTEM_KEY}"));
+            }
+            Write::Patch { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The system's top-level key.
+pub const SYSTEM_KEY: &str = "$sys";
 
 /// The wire error for a failed commit.
 pub fn commit_error(e: &CommitError) -> ErrorBody {

@@ -238,7 +238,10 @@ async fn write(
         Err(e) => return fail(e),
     };
     match make(path) {
-        Ok(w) => commit(&app, Txn::new(Vec::new(), vec![w])).await,
+        Ok(w) => match convert::writable(&w) {
+            Ok(()) => commit(&app, Txn::new(Vec::new(), vec![w])).await,
+            Err(e) => fail(e),
+        },
         Err(e) => e,
     }
 }

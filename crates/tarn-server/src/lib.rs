@@ -20,6 +20,7 @@ pub mod ws;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -29,6 +30,9 @@ use tarn_store::Db;
 use tokio::sync::watch;
 
 pub use config::ServerConfig;
+
+/// How long shutdown waits for connections to finish before flushing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every handler shares.
 pub struct App {
@@ -147,10 +151,25 @@ pub async fn run(
         // graceful shutdown does not wait for clients forever.
         let _ = stop_tx.send(true);
     };
-    axum::serve(listener, router(Arc::clone(&app)))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+    let mut stopping = app.shutdown.clone();
+    let serve = axum::serve(listener, router(Arc::clone(&app))).with_graceful_shutdown(shutdown);
+    tokio::select! {
+        served = serve => served.context("serving")?,
+        // A client that does not read can keep a response (SSE, export)
+        // from ever finishing: after the signal, stop waiting for HTTP
+        // responses within a bound.
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("some HTTP responses did not finish in time at shutdown; dropped"),
+    }
+    // WebSocket sessions are not tracked by axum after the upgrade: give
+    // them the same bound to send their close reason and answer what they
+    // decided, then flush.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while app.connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(app);
     // Flushing waits on the log: off the async threads.
     tokio::task::spawn_blocking(move || db.flush())

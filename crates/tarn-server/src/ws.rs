@@ -126,7 +126,10 @@ async fn session(socket: WebSocket, app: Arc<App>, codec: Codec, _slot: Connecti
     let mut s = Session {
         acks,
         in_flight: Arc::new(Semaphore::new(
-            app.config.limits.max_in_flight_per_connection,
+            app.config
+                .limits
+                .max_in_flight_per_connection
+                .min(Semaphore::MAX_PERMITS),
         )),
         app,
         outbox: Arc::clone(&outbox),
@@ -163,13 +166,19 @@ async fn session(socket: WebSocket, app: Arc<App>, codec: Codec, _slot: Connecti
         }
     }
     s.cleanup();
-    // Let the writer send the close reason, but never wait on a client
-    // that does not read.
+    // End the writer: a close (a no-op if a reason is already queued) lets
+    // it send the reason and the close frame. A client that does not read
+    // gets 2 s, then the writer is aborted, which drops the socket and
+    // everything queued: no connection outlives its slot.
+    outbox.close(ErrorBody::new(ErrorCode::Unavailable, "connection closed"));
+    drop(s);
+    let abort = writer.abort_handle();
     if tokio::time::timeout(Duration::from_secs(2), writer)
         .await
         .is_err()
     {
-        tracing::debug!("writer of a closed connection did not finish; dropped");
+        abort.abort();
+        tracing::debug!("writer of a closed connection did not finish; aborted");
     }
 }
 
@@ -180,7 +189,9 @@ async fn write_loop(
     codec: Codec,
     tick: Duration,
 ) {
-    let mut last_flush = Instant::now() - tick;
+    let mut last_flush = Instant::now()
+        .checked_sub(tick)
+        .unwrap_or_else(Instant::now);
     while let Some(first) = rx.recv().await {
         // Watch updates are flushed at most once per tick: under load,
         // what arrives meanwhile goes out together, in order. Answers to
@@ -420,6 +431,7 @@ impl Session {
             WatchKind::Exact
         };
         let (hub, outbox) = (Arc::clone(&self.app.hub), Arc::clone(&self.outbox));
+        let send_limit = self.app.config.limits.max_send_buffer_bytes;
         let (registered, lsn) = self
             .app
             .db
@@ -478,6 +490,30 @@ impl Session {
                         resumed: false,
                     }],
                 };
+                // What does not fit the connection's send buffer would only
+                // close it as a slow consumer: a long gap resyncs instead,
+                // a value too large for any message is refused.
+                let size = |msgs: &[Response]| msgs.iter().map(crate::fanout::estimate).sum::<usize>();
+                let mut first = first;
+                if size(&first) > send_limit && since.is_some() {
+                    first = vec![Response::Watching {
+                        id,
+                        watch: client_watch,
+                        value: Some(current(e)),
+                        time: newest.into(),
+                        resumed: false,
+                    }];
+                }
+                if size(&first) > send_limit {
+                    hub.remove(engine_id);
+                    e.unwatch(engine_id);
+                    return Ok(Err(ErrorBody::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the value at '{path}' is larger than this connection's send buffer ({send_limit} bytes, limits.max_send_buffer_bytes); watch a smaller subtree"
+                        ),
+                    )));
+                }
                 Ok::<_, tarn_core::WatchError>(Ok((engine_id, first)))
             })
             .map_err(|e| convert::store_error(&e))?;

@@ -129,6 +129,20 @@ pub fn import_json(
     mode: ImportMode,
     batch_leaves: usize,
 ) -> Result<TransferStats, StoreError> {
+    import_json_guarded(db, at, input, mode, batch_leaves, &|_| Ok(()))
+}
+
+/// [`import_json`], with every write (the initial delete of `Replace`,
+/// then each leaf) first passed to `guard`, whose refusal stops the import
+/// (the server refuses writes to the system's paths this way).
+pub fn import_json_guarded(
+    db: &Db,
+    at: &Path,
+    input: impl Read,
+    mode: ImportMode,
+    batch_leaves: usize,
+    guard: &dyn Fn(&TxnWrite) -> Result<(), String>,
+) -> Result<TransferStats, StoreError> {
     let mut sink = Sink {
         db,
         batch: Vec::new(),
@@ -137,9 +151,12 @@ pub fn import_json(
         limits: db.read(|e| e.config().paths)?,
         stats: TransferStats::default(),
         failed: None,
+        guard,
     };
     if mode == ImportMode::Replace {
-        sink.commit(vec![TxnWrite::Delete { path: at.clone() }])?;
+        let delete = TxnWrite::Delete { path: at.clone() };
+        guard(&delete).map_err(StoreError::Import)?;
+        sink.commit(vec![delete])?;
     }
     let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(input));
     let result = TreeSeed {
@@ -166,6 +183,7 @@ struct Sink<'a> {
     stats: TransferStats,
     /// A store error that stopped the parse.
     failed: Option<StoreError>,
+    guard: &'a dyn Fn(&TxnWrite) -> Result<(), String>,
 }
 
 impl Sink<'_> {
@@ -173,8 +191,13 @@ impl Sink<'_> {
         if self.paths.contains(&path) || self.batch.len() >= self.batch_leaves {
             self.flush()?;
         }
-        self.paths.insert(path.clone());
-        self.batch.push(TxnWrite::Set { path, value });
+        let write = TxnWrite::Set {
+            path: path.clone(),
+            value,
+        };
+        (self.guard)(&write).map_err(StoreError::Import)?;
+        self.paths.insert(path);
+        self.batch.push(write);
         self.stats.leaves += 1;
         Ok(())
     }

@@ -18,5 +18,5 @@ pub mod wal;
 
 pub use backup::{backup, restore};
 pub use db::{CommitError, Db, DbStats, Pending, Recovery, StoreError, StoreOptions};
-pub use export::{ImportMode, TransferStats, export_json, import_json};
+pub use export::{ImportMode, TransferStats, export_json, import_json, import_json_guarded};
 pub use wal::SyncPolicy;

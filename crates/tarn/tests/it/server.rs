@@ -642,3 +642,107 @@ fn cli_verbs_against_a_running_server() {
     let not_json = tarn(&["set", "x", "hello", "--server", s]);
     assert!(String::from_utf8_lossy(&not_json.stderr).contains("not JSON"));
 }
+
+#[test]
+fn the_system_area_is_closed_to_clients_on_every_path() {
+    let server = Server::start(&[]);
+    let base = server.url.clone();
+    rt().block_on(async {
+        for (method, url, body) in [
+            (
+                reqwest::Method::PUT,
+                format!("{base}/v1/data/$sys/timers/t"),
+                Some("1"),
+            ),
+            (reqwest::Method::DELETE, format!("{base}/v1/data"), None),
+            (reqwest::Method::PUT, format!("{base}/v1/data/"), Some("{}")),
+            (
+                reqwest::Method::PATCH,
+                format!("{base}/v1/data"),
+                Some(r#"{"$sys": null}"#),
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{base}/v1/import"),
+                Some(r#"{"$sys": {"x": 1}}"#),
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{base}/v1/import?mode=replace"),
+                Some("{}"),
+            ),
+        ] {
+            let (s, v) = send(url.clone(), method.clone(), body).await;
+            assert_eq!(s, 400, "{method} {url}: {v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("$sys"),
+                "{v}"
+            );
+        }
+        // Below the root, and patches of the root, are fine.
+        assert_eq!(
+            send(
+                format!("{base}/v1/data"),
+                reqwest::Method::PATCH,
+                Some(r#"{"a": 1}"#)
+            )
+            .await
+            .0,
+            200
+        );
+        let mut ws = connect(&server.addr).await;
+        call(
+            &mut ws,
+            json!({"type": "commit", "id": 1, "writes": [{"op": "delete", "path": ""}]}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["error"]["code"], "bad_path");
+    });
+}
+
+#[test]
+fn a_watch_too_large_for_the_send_buffer_is_refused_not_a_slow_consumer() {
+    let server = Server::start(&[("TARN_LIMITS_MAX_SEND_BUFFER_BYTES", "65536")]);
+    rt().block_on(async {
+        let big = "x".repeat(200_000);
+        let (s, _) = send(
+            format!("{}/v1/data/big", server.url),
+            reqwest::Method::PUT,
+            Some(&json!(big).to_string()),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let mut ws = connect(&server.addr).await;
+        call(&mut ws, json!({"type": "watch", "id": 1, "path": "big"})).await;
+        assert_eq!(recv(&mut ws).await["error"]["code"], "too_large");
+        call(&mut ws, json!({"type": "ping", "id": 2})).await;
+        assert_eq!(
+            recv(&mut ws).await["type"],
+            "pong",
+            "the connection stays open"
+        );
+    });
+}
+
+#[test]
+fn shutdown_is_bounded_even_with_a_client_that_never_reads() {
+    use std::io::Write as _;
+    let server = Server::start(&[]);
+    // An SSE client that sends its request and never reads a byte.
+    let mut stuck = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stuck,
+        "GET /v1/data/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let ws = rt().block_on(connect(&server.addr));
+    let started = Instant::now();
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop((stuck, ws));
+}
