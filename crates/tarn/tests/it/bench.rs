@@ -2,12 +2,10 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_core_prints_every_figure() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args(["bench", "core", "--duration-ms", "40"])
-        .output()
-        .unwrap();
+/// Checks that a bench run succeeded and printed only lines
+/// `<area>.<metric> <value> <unit>` with positive values, among them every
+/// figure in `wants`.
+fn assert_figures(out: std::process::Output, area: &str, wants: &[&str]) {
     assert!(
         out.status.success(),
         "{}",
@@ -22,21 +20,34 @@ fn bench_core_prints_every_figure() {
             3,
             "line {line:?} is not `<metric> <value> <unit>`"
         );
-        assert!(parts[0].starts_with("core."), "{line}");
+        assert!(parts[0].starts_with(&format!("{area}.")), "{line}");
         let value: f64 = parts[1].parse().unwrap();
         assert!(value > 0.0, "{line}: a benchmark that did nothing");
         metrics.push(parts[0].to_string());
     }
-    for want in [
-        "core.commits_per_sec",
-        "core.txn_commits_per_sec",
-        "core.fanout_deliveries_per_sec",
-    ] {
+    for want in wants {
         assert!(
             metrics.iter().any(|m| m == want),
             "missing {want} in:\n{text}"
         );
     }
+}
+
+#[test]
+fn bench_core_prints_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "core", "--duration-ms", "40"])
+        .output()
+        .unwrap();
+    assert_figures(
+        out,
+        "core",
+        &[
+            "core.commits_per_sec",
+            "core.txn_commits_per_sec",
+            "core.fanout_deliveries_per_sec",
+        ],
+    );
 }
 
 #[test]
@@ -68,25 +79,16 @@ fn bench_store_prints_every_figure_and_cleans_up() {
         .arg(&scratch)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_figures(
+        out,
+        "store",
+        &[
+            "store.fsync_per_sec",
+            "store.durable_commits_per_sec",
+            "store.commits_per_sec_batch",
+            "store.replay_mb_per_sec",
+        ],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    for want in [
-        "store.fsync_per_sec",
-        "store.durable_commits_per_sec",
-        "store.commits_per_sec_batch",
-        "store.replay_mb_per_sec",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{want} ")))
-            .unwrap_or_else(|| panic!("missing {want} in:\n{text}"));
-        let value: f64 = line.split(' ').nth(1).unwrap().parse().unwrap();
-        assert!(value > 0.0, "{line}");
-    }
     assert!(
         !scratch.exists(),
         "the benchmark left {} behind",
@@ -113,24 +115,15 @@ fn bench_server_prints_every_figure() {
         .args(["bench", "server", "--duration-ms", "100"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_figures(
+        out,
+        "server",
+        &[
+            "server.ws_sets_per_sec",
+            "server.commit_rtt_p50_us",
+            "server.commit_rtt_p99_us",
+            "server.fanout_p99_ms",
+            "server.bytes_per_write",
+        ],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    for want in [
-        "server.ws_sets_per_sec",
-        "server.commit_rtt_p50_us",
-        "server.commit_rtt_p99_us",
-        "server.fanout_p99_ms",
-        "server.bytes_per_write",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{want} ")))
-            .unwrap_or_else(|| panic!("missing {want} in:\n{text}"));
-        let value: f64 = line.split(' ').nth(1).unwrap().parse().unwrap();
-        assert!(value > 0.0, "{line}");
-    }
 }

@@ -14,12 +14,17 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub addr: String,
-    _dir: tempfile::TempDir,
+    /// Holds the data directory (`data` inside it).
+    dir: tempfile::TempDir,
 }
 
 impl Server {
     pub fn start(env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), env)
+    }
+
+    /// Starts a server on `dir/data` (kept by the server until dropped).
+    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tarn"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
@@ -43,12 +48,25 @@ impl Server {
             child,
             url,
             addr,
-            _dir: dir,
+            dir,
         }
     }
 
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    /// Stops the server cleanly and starts a new one on the same data
+    /// directory.
+    fn restart(mut self) -> Server {
+        assert!(self.terminate().success());
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Server::start_in(dir, &[])
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -137,55 +155,20 @@ fn http_round_trips() {
 
 #[test]
 fn data_survives_a_graceful_restart() {
+    // sync=never: only the flush at SIGTERM makes the write durable.
     let server = Server::start(&[("TARN_WAL_SYNC", "never")]);
-    let dir = server._dir.path().join("data");
-    let url = format!("{}/v1/data/k", server.url);
     rt().block_on(async {
-        assert_eq!(
-            send(url.clone(), reqwest::Method::PUT, Some("42")).await.0,
-            200
-        );
+        let url = format!("{}/v1/data/k", server.url);
+        assert_eq!(send(url, reqwest::Method::PUT, Some("42")).await.0, 200);
     });
-    // Keep the directory: stop the process, then start another on it.
-    let keep = tempfile::tempdir().unwrap();
-    let status = {
-        let s = server;
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(s.child.id().to_string())
-            .status()
-            .unwrap();
-        let mut s = s;
-        let status = s.child.wait().unwrap();
-        std::fs::rename(&dir, keep.path().join("data")).unwrap();
-        status
-    };
-    assert!(status.success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(keep.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("tarn listening on ")
-        .unwrap()
-        .to_string();
+    let server = server.restart();
     let got = rt()
         .block_on(send(
-            format!("{base}/v1/data/k"),
+            format!("{}/v1/data/k", server.url),
             reqwest::Method::GET,
             None,
         ))
         .1;
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(got, json!(42));
 }
 
