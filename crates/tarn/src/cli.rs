@@ -118,12 +118,20 @@ pub fn run(cmd: ClientCommand) -> Result<()> {
     runtime.block_on(run_async(cmd))
 }
 
+impl ServerArg {
+    /// The URL of `route` (e.g. `v1/tx`) on the server, with `path` (a
+    /// tree path, may be empty) appended.
+    fn url(&self, route: &str, path: &str) -> String {
+        let base = format!("{}/{route}", self.server.trim_end_matches('/'));
+        match path.trim_start_matches('/') {
+            "" => base,
+            path => format!("{base}/{path}"),
+        }
+    }
+}
+
 fn data_url(server: &ServerArg, path: &str) -> String {
-    format!(
-        "{}/v1/data/{}",
-        server.server.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    )
+    server.url("v1/data", path)
 }
 
 fn parse_json(text: &str) -> Result<serde_json::Value> {
@@ -185,18 +193,11 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
                 std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
             };
             parse_json(&text)?;
-            (
-                http.post(format!("{}/v1/tx", server.server.trim_end_matches('/')))
-                    .body(text),
-                server,
-            )
+            (http.post(server.url("v1/tx", "")).body(text), server)
         }
-        ClientCommand::Status { server } => (
-            http.get(format!("{}/healthz", server.server.trim_end_matches('/'))),
-            server,
-        ),
+        ClientCommand::Status { server } => (http.get(server.url("healthz", "")), server),
         ClientCommand::Backup { dir, server } => (
-            http.post(format!("{}/v1/backup", server.server.trim_end_matches('/')))
+            http.post(server.url("v1/backup", ""))
                 .body(serde_json::json!({ "dir": dir }).to_string()),
             server,
         ),
@@ -290,11 +291,7 @@ async fn watch(http: &reqwest::Client, server: &ServerArg, path: &str) -> Result
 async fn export(http: &reqwest::Client, server: &ServerArg, path: &str) -> Result<()> {
     use futures_util::StreamExt;
     use std::io::Write;
-    let url = format!(
-        "{}/v1/export/{}",
-        server.server.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    );
+    let url = server.url("v1/export", path);
     let response = http
         .get(url)
         .send()
@@ -353,11 +350,7 @@ async fn import(
     let mut rx = rx;
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mode = if replace { "replace" } else { "merge" };
-    let url = format!(
-        "{}/v1/import/{}?mode={mode}",
-        server.server.trim_end_matches('/'),
-        at.trim_start_matches('/')
-    );
+    let url = format!("{}?mode={mode}", server.url("v1/import", at));
     let response = http
         .post(url)
         .body(reqwest::Body::wrap_stream(stream))
