@@ -173,10 +173,11 @@ impl Hub {
 
     /// Routes every commit of `feed` until it closes.
     pub async fn run(self: Arc<Self>, mut feed: mpsc::UnboundedReceiver<Arc<Commit>>) {
+        let lag = metrics::histogram!("tarn_fanout_lag_seconds");
         while let Some(commit) = feed.recv().await {
             self.route(&commit);
             let lag_ms = tarn_store::db::wall_ms().saturating_sub(commit.time.ms);
-            metrics::histogram!("tarn_fanout_lag_seconds").record(lag_ms as f64 / 1000.0);
+            lag.record(lag_ms as f64 / 1000.0);
         }
     }
 

@@ -214,11 +214,11 @@ async fn commit(app: &App, txn: Txn) -> HttpResponse {
     let pending = match app.db.submit(txn) {
         Ok(p) => p,
         Err(e) => {
-            metrics::counter!("tarn_rejections_total").increment(1);
+            app.counters.rejections.increment(1);
             return fail(convert::commit_error(&e));
         }
     };
-    metrics::counter!("tarn_commits_total").increment(1);
+    app.counters.commits.increment(1);
     match app.db.durable(pending.lsn).await {
         Ok(()) => axum::Json(CommittedBody {
             time: pending.commit.time.into(),

@@ -48,8 +48,28 @@ pub struct App {
     pub connections: AtomicUsize,
     /// Prometheus rendering of the metrics.
     pub metrics: Option<PrometheusHandle>,
+    /// Handles of the counters bumped on every request (a lookup by name
+    /// costs a hash and a lock).
+    pub counters: Counters,
     /// Becomes true when the server shuts down: sessions close.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Registered once, when the server starts.
+pub struct Counters {
+    /// `tarn_commits_total`: commits decided.
+    pub commits: metrics::Counter,
+    /// `tarn_rejections_total`: commits refused (conflict or invalid).
+    pub rejections: metrics::Counter,
+}
+
+impl Counters {
+    fn register() -> Counters {
+        Counters {
+            commits: metrics::counter!("tarn_commits_total"),
+            rejections: metrics::counter!("tarn_rejections_total"),
+        }
+    }
 }
 
 /// A slot among `limits.max_connections`, released on drop.
@@ -133,6 +153,8 @@ pub async fn run(
         })?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The recorder first: handles taken before it exist are no-ops.
+    let metrics = metrics_handle();
     let hub = Arc::new(fanout::Hub::default());
     tokio::spawn(Arc::clone(&hub).run(feed_rx));
     let app = Arc::new(App {
@@ -141,7 +163,8 @@ pub async fn run(
         config,
         paths,
         connections: AtomicUsize::new(0),
-        metrics: metrics_handle(),
+        metrics,
+        counters: Counters::register(),
         shutdown: stop_rx,
     });
     ready(addr);

@@ -182,6 +182,9 @@ async fn session(socket: WebSocket, app: Arc<App>, codec: Codec, _slot: Connecti
     }
 }
 
+/// The most bytes of MessagePack messages packed into one frame.
+const PACK_BYTES: usize = 64 * 1024;
+
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::UnboundedReceiver<(Outgoing, usize)>,
@@ -203,17 +206,33 @@ async fn write_loop(
         }
         let mut next = Some(first);
         let mut count = 0;
+        // MessagePack messages are packed back to back into frames of up
+        // to PACK_BYTES; JSON goes one message per text frame.
+        let mut packed: Vec<u8> = Vec::new();
         while let Some((out, size)) = next.take() {
             match out {
                 Outgoing::Msg(msg) => {
-                    let frame = match codec {
-                        Codec::Json => Message::Text(Utf8Bytes::from(
-                            String::from_utf8(codec.encode_response(&msg)).unwrap_or_default(),
-                        )),
-                        Codec::MsgPack => Message::Binary(codec.encode_response(&msg).into()),
-                    };
-                    if sink.feed(frame).await.is_err() {
-                        return;
+                    match codec {
+                        Codec::Json => {
+                            let text =
+                                String::from_utf8(codec.encode_response(&msg)).unwrap_or_default();
+                            if sink
+                                .feed(Message::Text(Utf8Bytes::from(text)))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Codec::MsgPack => {
+                            codec.encode_response_into(&msg, &mut packed);
+                            if packed.len() >= PACK_BYTES {
+                                let frame = Message::Binary(std::mem::take(&mut packed).into());
+                                if sink.feed(frame).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                     }
                     outbox.sent(size);
                 }
@@ -224,7 +243,10 @@ async fn write_loop(
                         Codec::Json => Message::Text(Utf8Bytes::from(
                             String::from_utf8(codec.encode(&close)).unwrap_or_default(),
                         )),
-                        Codec::MsgPack => Message::Binary(codec.encode(&close).into()),
+                        Codec::MsgPack => {
+                            codec.encode_into(&close, &mut packed);
+                            Message::Binary(std::mem::take(&mut packed).into())
+                        }
                     };
                     let _ = sink.feed(frame).await;
                     let _ = sink
@@ -240,6 +262,9 @@ async fn write_loop(
             if count < 4096 {
                 next = rx.try_recv().ok();
             }
+        }
+        if !packed.is_empty() && sink.feed(Message::Binary(packed.into())).await.is_err() {
+            return;
         }
         if sink.flush().await.is_err() {
             return;
@@ -274,37 +299,42 @@ impl Session {
         self.window.1 > self.app.config.limits.max_requests_per_sec
     }
 
+    /// Handles every request of a frame, in order. A message that does
+    /// not decode is answered with `bad_request`; nothing after it in the
+    /// frame can be read.
     async fn frame(&mut self, codec: Codec, frame: &[u8]) {
-        let req = match codec.decode_request(frame) {
-            Ok(req) => req,
-            Err(e) => {
-                let id = salvage_id(codec, frame);
+        for req in codec.decode_requests(frame) {
+            let req = match req {
+                Ok(req) => req,
+                Err(e) => {
+                    let id = salvage_id(codec, frame);
+                    self.error(
+                        id,
+                        ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("cannot read the message: {e}"),
+                        ),
+                    );
+                    return;
+                }
+            };
+            let id = req.id();
+            if self.rate_limited() {
                 self.error(
                     id,
                     ErrorBody::new(
-                        ErrorCode::BadRequest,
-                        format!("cannot read the message: {e}"),
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} requests per second on this connection (limits.max_requests_per_sec); slow down",
+                            self.app.config.limits.max_requests_per_sec
+                        ),
                     ),
                 );
-                return;
+                continue;
             }
-        };
-        let id = req.id();
-        if self.rate_limited() {
-            self.error(
-                id,
-                ErrorBody::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} requests per second on this connection (limits.max_requests_per_sec); slow down",
-                        self.app.config.limits.max_requests_per_sec
-                    ),
-                ),
-            );
-            return;
-        }
-        if let Err(error) = self.handle(req).await {
-            self.error(id, error);
+            if let Err(error) = self.handle(req).await {
+                self.error(id, error);
+            }
         }
     }
 
@@ -389,11 +419,11 @@ impl Session {
                 let pending = match self.app.db.submit(txn) {
                     Ok(p) => p,
                     Err(e) => {
-                        metrics::counter!("tarn_rejections_total").increment(1);
+                        self.app.counters.rejections.increment(1);
                         return Err(convert::commit_error(&e));
                     }
                 };
-                metrics::counter!("tarn_commits_total").increment(1);
+                self.app.counters.commits.increment(1);
                 // The acker answers once durable; a closed acker means the
                 // session is ending.
                 let _ = self.acks.send(Ack {

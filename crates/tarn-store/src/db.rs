@@ -442,7 +442,8 @@ impl Db {
     }
 
     /// Like [`Db::open`], and publishes every commit that changed
-    /// something on `feed` once it is durable, in log (commit time) order:
+    /// something a watch sees (a non-empty [`Commit::deliveries`]) on
+    /// `feed` once it is durable, in log (commit time) order:
     /// what a fan-out to watchers needs, since watches never show a change
     /// before it is durable.
     pub fn open_with_feed(
@@ -602,12 +603,18 @@ impl Db {
         }
         let commit = Arc::new(state.engine.commit(txn, wall_ms())?);
         if !commit.changes.is_empty() {
+            // The flusher sleeps only when nothing is pending (or until a
+            // batch window ends): wake it on the first record of a group,
+            // not on every one.
+            let was_idle = state.pending.is_empty();
             append_record(&mut state, &commit);
-            if self.shared.feed.is_some() {
+            if self.shared.feed.is_some() && !commit.deliveries.is_empty() {
                 let lsn = state.next_lsn;
                 state.unpublished.push_back((lsn, Arc::clone(&commit)));
             }
-            self.shared.work.notify_one();
+            if was_idle {
+                self.shared.work.notify_one();
+            }
         }
         // A read-only commit logs nothing, but what it read must be durable
         // before it is acknowledged: it waits for everything before it.

@@ -346,31 +346,54 @@ fn websocket_msgpack_session() {
         ))
         .await
         .unwrap();
-        let get = tarn_proto::Request::Get {
-            id: 2,
-            path: "m".into(),
-            at: None,
-        };
-        ws.send(Message::Binary(
-            rmp_serde::to_vec_named(&get).unwrap().into(),
-        ))
-        .await
-        .unwrap();
+        // One frame may carry several messages: a compact commit and a
+        // get, answered in order.
+        let codec = tarn_proto::Codec::MsgPack;
+        let mut packed = Vec::new();
+        codec.encode_request_into(
+            &tarn_proto::Request::Commit {
+                id: 3,
+                reads: vec![],
+                writes: vec![tarn_proto::WireWrite::Set {
+                    path: "m/y".into(),
+                    value: tarn_proto::WireValue(tarn_core::Value::Int(8)),
+                }],
+            },
+            &mut packed,
+        );
+        codec.encode_request_into(
+            &tarn_proto::Request::Get {
+                id: 2,
+                path: "m".into(),
+                at: None,
+            },
+            &mut packed,
+        );
+        ws.send(Message::Binary(packed.into())).await.unwrap();
         let mut got = Vec::new();
-        while got.len() < 2 {
+        while got.len() < 3 {
             if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
-                got.push(tarn_proto::Codec::MsgPack.decode_response(&b).unwrap());
+                got.extend(codec.decode_responses(&b).unwrap());
             }
         }
         assert!(
             matches!(got[0], tarn_proto::Response::Committed { id: 1, .. }),
             "{got:?}"
         );
-        match &got[1] {
+        assert!(
+            matches!(got[1], tarn_proto::Response::Committed { id: 3, .. }),
+            "{got:?}"
+        );
+        match &got[2] {
             tarn_proto::Response::Value { id: 2, value, .. } => {
                 assert_eq!(
                     value.0,
-                    [("x", tarn_core::Value::Int(7))].into_iter().collect()
+                    [
+                        ("x", tarn_core::Value::Int(7)),
+                        ("y", tarn_core::Value::Int(8))
+                    ]
+                    .into_iter()
+                    .collect()
                 );
             }
             other => panic!("{other:?}"),
