@@ -97,6 +97,9 @@ struct ClientLog {
     last_seq: Option<u64>,
     /// `(seq, outcome)`, seq strictly increasing, bounded.
     outcomes: VecDeque<(u64, Outcome)>,
+    /// When the last decision was made: a log idle past the history
+    /// horizon is dropped with the history.
+    last_time: Time,
 }
 
 impl ClientLog {
@@ -207,6 +210,14 @@ impl Engine {
         match log.last_seq {
             Some(last) if id.seq <= last => match log.outcome(id.seq) {
                 Some(outcome) => Err(InvalidTxn::AlreadyDecided { id, outcome }),
+                // Within the kept window every commit is kept (also when
+                // replayed from the log): a missing one never committed.
+                None if log.outcomes.front().is_some_and(|(s, _)| *s < id.seq) => {
+                    Err(InvalidTxn::AlreadyDecided {
+                        id,
+                        outcome: Outcome::Rejected,
+                    })
+                }
                 None => Err(InvalidTxn::OutOfOrder { id, last }),
             },
             _ => Ok(()),
@@ -406,9 +417,14 @@ impl Engine {
 
     fn record(&mut self, id: TxnId, outcome: Outcome) {
         let max = self.config.max_outcomes_per_client.max(1);
+        let now = self.hlc.last();
         let log = self.clients.entry(id.client).or_default();
         debug_assert!(log.last_seq.is_none_or(|l| l < id.seq));
         log.last_seq = Some(id.seq);
+        log.last_time = match outcome {
+            Outcome::Committed(t) => t,
+            Outcome::Rejected => now,
+        };
         log.outcomes.push_back((id.seq, outcome));
         while log.outcomes.len() > max {
             log.outcomes.pop_front();
@@ -446,9 +462,31 @@ impl Engine {
     /// Compacts history older than the retention horizon as of `wall_ms`.
     pub fn compact(&mut self, wall_ms: u64) {
         if let Retention::HorizonMs(horizon_ms) = self.config.retention {
-            self.store
-                .compact(Time::from_ms(wall_ms.saturating_sub(horizon_ms)));
+            self.compact_to(Time::from_ms(wall_ms.saturating_sub(horizon_ms)));
         }
+    }
+
+    /// Like [`Engine::replay`], for a commit logged with its transaction
+    /// id: the outcome is recorded as when it was decided, so a client
+    /// retrying it after a restart gets the recorded answer instead of a
+    /// second commit.
+    pub fn replay_logged(
+        &mut self,
+        time: Time,
+        id: Option<TxnId>,
+        changes: &[Change],
+    ) -> Result<Vec<Delivery>, ReplayError> {
+        let deliveries = self.replay(time, changes)?;
+        if let Some(id) = id
+            && self
+                .clients
+                .get(&id.client)
+                .and_then(|l| l.last_seq)
+                .is_none_or(|last| last < id.seq)
+        {
+            self.record(id, Outcome::Committed(time));
+        }
+        Ok(deliveries)
     }
 
     /// Applies a commit recovered from a log, in time order, and moves the
@@ -466,6 +504,9 @@ impl Engine {
     /// history before an archive's cut was dropped on disk).
     pub fn compact_to(&mut self, horizon: Time) {
         self.store.compact(horizon);
+        // Outcomes are kept as long as history: a client idle past the
+        // horizon is forgotten (its retries then get `OutOfOrder`).
+        self.clients.retain(|_, log| log.last_time >= horizon);
     }
 }
 

@@ -80,6 +80,7 @@ fn msgpack_request(rest: &mut &[u8]) -> Result<Request, DecodeError> {
             path,
             seen,
             subtree,
+            pending_on: None,
         })
         .collect();
     let writes = writes
@@ -93,7 +94,14 @@ fn msgpack_request(rest: &mut &[u8]) -> Result<Request, DecodeError> {
             ))),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Request::Commit { id, reads, writes })
+    Ok(Request::Commit {
+        id,
+        reads,
+        writes,
+        client: None,
+        seq: None,
+        depends_on: Vec::new(),
+    })
 }
 
 /// Reads one MessagePack response from the front of `rest`.
@@ -212,7 +220,18 @@ impl Codec {
     /// several requests in one frame).
     pub fn encode_request_into(&self, msg: &Request, out: &mut Vec<u8>) {
         match (self, msg) {
-            (Codec::MsgPack, Request::Commit { id, reads, writes }) => {
+            // The compact form has no transaction id or dependencies.
+            (
+                Codec::MsgPack,
+                Request::Commit {
+                    id,
+                    reads,
+                    writes,
+                    client: None,
+                    seq: None,
+                    depends_on,
+                },
+            ) if depends_on.is_empty() && reads.iter().all(|r| r.pending_on.is_none()) => {
                 let compact = CompactCommit(
                     COMPACT_COMMIT,
                     *id,
@@ -314,7 +333,11 @@ mod tests {
                 path: "a".into(),
                 seen: WireTime(1, 2, 3),
                 subtree: true,
+                pending_on: None,
             }],
+            client: None,
+            seq: None,
+            depends_on: vec![],
             writes: vec![
                 WireWrite::Set {
                     path: "a/b".into(),
@@ -329,12 +352,33 @@ mod tests {
             let bytes = codec.encode_request(&req);
             assert_eq!(codec.decode_request(&bytes).expect("decodes"), req);
         }
+        // With a transaction id and a pending read: the map form.
+        let with_id = Request::Commit {
+            id: 8,
+            reads: vec![WireRead {
+                path: "a".into(),
+                seen: WireTime(1, 2, 3),
+                subtree: false,
+                pending_on: Some(4),
+            }],
+            client: Some(77),
+            seq: Some(5),
+            depends_on: vec![3],
+            writes: vec![],
+        };
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let bytes = codec.encode_request(&with_id);
+            assert_eq!(codec.decode_request(&bytes).expect("decodes"), with_id);
+        }
         // The compact MessagePack commit: an array, smaller than the map.
         let compact = Codec::MsgPack.encode_request(&req);
         assert_eq!(compact[0], FIXARRAY_4);
         assert!(compact.len() < Codec::MsgPack.encode(&req).len());
         let set = Request::Commit {
             id: 1,
+            client: None,
+            seq: None,
+            depends_on: vec![],
             reads: vec![],
             writes: vec![WireWrite::Set {
                 path: "bench/c0".into(),
@@ -429,6 +473,9 @@ mod tests {
         let reqs: Vec<Request> = (0..3)
             .map(|i| Request::Commit {
                 id: i,
+                client: None,
+                seq: None,
+                depends_on: vec![],
                 reads: vec![],
                 writes: vec![WireWrite::Set {
                     path: format!("a/{i}"),

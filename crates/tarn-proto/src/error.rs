@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Compacted,
     /// A dependency of the transaction was rejected.
     DependencyRejected,
+    /// A retried transaction id whose first submission was rejected:
+    /// nothing was written. Read again and retry with a new id.
+    AlreadyRejected,
     /// A time before the history horizon.
     BeforeHorizon,
     /// A time after the newest commit.
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Compacted => "compacted",
             ErrorCode::DependencyRejected => "dependency_rejected",
+            ErrorCode::AlreadyRejected => "already_rejected",
             ErrorCode::BeforeHorizon => "before_horizon",
             ErrorCode::AfterNewest => "after_newest",
             ErrorCode::TooManyWatches => "too_many_watches",

@@ -56,6 +56,12 @@ pub struct WireRead {
     /// True for a subtree read (`prefix/**`: child keys too).
     #[serde(default)]
     pub subtree: bool,
+    /// Set when the read saw this client's own predicted (not yet
+    /// answered) transaction `seq` laid over `seen`: the commit then
+    /// depends on that one and fails with it. Needs the commit's `client`
+    /// and `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_on: Option<u64>,
 }
 
 /// A write of a transaction.
@@ -147,6 +153,20 @@ pub enum Request {
         /// What it writes, in order.
         #[serde(default)]
         writes: Vec<WireWrite>,
+        /// The transaction's client: a random id chosen by the client.
+        /// With `seq`, the transaction's id: sending the same id again
+        /// (after a lost answer or a reconnect) answers with the recorded
+        /// outcome instead of committing twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<u64>,
+        /// The client's strictly increasing sequence number for this
+        /// transaction (with `client`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// Earlier transactions (`seq`s of the same client) this one
+        /// depends on: it fails if any of them did.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<u64>,
     },
     /// Asks for a `pong`.
     Ping {
@@ -160,6 +180,18 @@ fn yes() -> bool {
 }
 
 impl Request {
+    /// A `commit` without a transaction id or dependencies.
+    pub fn commit(id: u64, reads: Vec<WireRead>, writes: Vec<WireWrite>) -> Request {
+        Request::Commit {
+            id,
+            reads,
+            writes,
+            client: None,
+            seq: None,
+            depends_on: Vec::new(),
+        }
+    }
+
     /// The request's id.
     pub fn id(&self) -> u64 {
         match self {

@@ -285,6 +285,16 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// Defaults, with data in `dir/data` and a free loopback port: a
+    /// server for tests, examples and benchmarks.
+    pub fn local(dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.join("data"),
+            ..ServerConfig::default()
+        }
+    }
+
     /// Defaults, then the file (if any), then `TARN_*` variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
         let mut table = match file {

@@ -2,7 +2,8 @@
 //! mapping of every core and store error to a stable wire error.
 
 use tarn_core::{
-    Change, InvalidTxn, Path, PathLimits, Read, ReadKind, Rejection, Seen, Txn, TxnError, Write,
+    Change, ClientId, InvalidTxn, Path, PathLimits, Read, ReadKind, Rejection, Seen, Txn, TxnError,
+    TxnId, Write,
 };
 use tarn_proto::{ErrorBody, ErrorCode, WireChange, WireRead, WireValue, WireWrite};
 use tarn_store::{CommitError, StoreError};
@@ -21,6 +22,30 @@ pub fn txn(
     writes: Vec<WireWrite>,
     limits: &PathLimits,
 ) -> Result<Txn, ErrorBody> {
+    txn_with_id(reads, writes, None, Vec::new(), limits)
+}
+
+/// A transaction with an id `(client, seq)` and dependencies (seqs of the
+/// same client) from the wire.
+pub fn txn_with_id(
+    reads: Vec<WireRead>,
+    writes: Vec<WireWrite>,
+    id: Option<(u64, u64)>,
+    depends_on: Vec<u64>,
+    limits: &PathLimits,
+) -> Result<Txn, ErrorBody> {
+    let id = id.map(|(client, seq)| TxnId {
+        client: ClientId(client),
+        seq,
+    });
+    let on = |seq: u64| {
+        id.map(|id| TxnId { seq, ..id }).ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::BadTransaction,
+                "a read of a pending transaction, or a dependency, needs the commit's `client` and `seq`",
+            )
+        })
+    };
     let reads = reads
         .into_iter()
         .map(|r| {
@@ -31,9 +56,19 @@ pub fn txn(
                 } else {
                     ReadKind::Value
                 },
-                seen: Seen::At(r.seen.into()),
+                seen: match r.pending_on {
+                    None => Seen::At(r.seen.into()),
+                    Some(seq) => Seen::Pending {
+                        on: on(seq)?,
+                        base: r.seen.into(),
+                    },
+                },
             })
         })
+        .collect::<Result<_, ErrorBody>>()?;
+    let depends_on = depends_on
+        .into_iter()
+        .map(on)
         .collect::<Result<_, ErrorBody>>()?;
     let writes = writes
         .into_iter()
@@ -55,7 +90,12 @@ pub fn txn(
             Ok(w)
         })
         .collect::<Result<_, ErrorBody>>()?;
-    Ok(Txn::new(reads, writes))
+    Ok(Txn {
+        id,
+        depends_on,
+        reads,
+        writes,
+    })
 }
 
 /// A change as pushed to watchers.
@@ -143,6 +183,7 @@ pub fn txn_error(e: &TxnError) -> ErrorBody {
         },
         TxnError::Invalid(i) => {
             let code = match i {
+                InvalidTxn::AlreadyDecided { .. } => ErrorCode::AlreadyRejected,
                 InvalidTxn::BadPath { .. } => ErrorCode::BadPath,
                 InvalidTxn::BadValue(_) | InvalidTxn::PatchNotObject { .. } => ErrorCode::BadValue,
                 InvalidTxn::TooLarge { .. } => ErrorCode::TooLarge,

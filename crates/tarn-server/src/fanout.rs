@@ -125,9 +125,21 @@ struct Target {
 }
 
 /// Routes deliveries of durable commits to outboxes. See the module docs.
-#[derive(Default)]
 pub struct Hub {
     targets: Mutex<HashMap<WatchId, Target>>,
+    /// The log sequence number of the last commit routed: a commit's
+    /// answer waits for it, so it never overtakes the commit's own
+    /// changes on the committing connection.
+    routed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            targets: Mutex::default(),
+            routed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Hub {
@@ -171,11 +183,21 @@ impl Hub {
         }
     }
 
+    /// Waits until the commit logged at `lsn` has been routed (its
+    /// changes queued to every watcher's outbox). Only for commits with
+    /// deliveries: others never reach the hub.
+    pub async fn routed(&self, lsn: u64) {
+        let mut rx = self.routed.subscribe();
+        // The sender lives as long as the hub.
+        let _ = rx.wait_for(|routed| *routed >= lsn).await;
+    }
+
     /// Routes every commit of `feed` until it closes.
-    pub async fn run(self: Arc<Self>, mut feed: mpsc::UnboundedReceiver<Arc<Commit>>) {
+    pub async fn run(self: Arc<Self>, mut feed: mpsc::UnboundedReceiver<(u64, Arc<Commit>)>) {
         let lag = metrics::histogram!("tarn_fanout_lag_seconds");
-        while let Some(commit) = feed.recv().await {
+        while let Some((lsn, commit)) = feed.recv().await {
             self.route(&commit);
+            self.routed.send_replace(lsn);
             let lag_ms = tarn_store::db::wall_ms().saturating_sub(commit.time.ms);
             lag.record(lag_ms as f64 / 1000.0);
         }

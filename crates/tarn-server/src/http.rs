@@ -93,9 +93,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnsupportedVersion
         | ErrorCode::AfterNewest => StatusCode::BAD_REQUEST,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::Conflict | ErrorCode::Compacted | ErrorCode::DependencyRejected => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::Conflict
+        | ErrorCode::Compacted
+        | ErrorCode::DependencyRejected
+        | ErrorCode::AlreadyRejected => StatusCode::CONFLICT,
         ErrorCode::BeforeHorizon => StatusCode::GONE,
         ErrorCode::TooManyWatches | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::TooManyConnections | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -201,3 +201,63 @@ pub async fn run(
         .context("flushing the write-ahead log at shutdown")?;
     Ok(())
 }
+
+/// A server running in this process (see [`spawn`]).
+pub struct Running {
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Its WebSocket URL, `ws://addr/v1/ws`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Shuts it down as SIGTERM would (connections closed, WAL flushed).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("the server task")?
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a server in this process on the current tokio runtime and waits
+/// until it listens: for tests, examples and benchmarks.
+pub async fn spawn(config: ServerConfig) -> anyhow::Result<Running> {
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut task = tokio::spawn(run(
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |addr| {
+            let _ = addr_tx.send(addr);
+        },
+    ));
+    let addr = tokio::select! {
+        addr = addr_rx => addr.ok(),
+        done = &mut task => {
+            done.context("the server task")??;
+            None
+        }
+    };
+    let addr = addr.context("the server stopped before listening")?;
+    Ok(Running {
+        addr,
+        stop: Some(stop_tx),
+        task,
+    })
+}

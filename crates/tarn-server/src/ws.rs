@@ -16,11 +16,12 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use futures_util::{SinkExt, StreamExt};
-use tarn_core::{Path, WatchId, WatchKind};
+use tarn_core::{InvalidTxn, Outcome, Path, TxnError, WatchId, WatchKind};
 use tarn_proto::{
     Codec, ErrorBody, ErrorCode, MSGPACK_SUBPROTOCOL, PROTOCOL_VERSION, Request, Response,
     WireTime, WireValue,
 };
+use tarn_store::CommitError;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::fanout::{Outbox, Outgoing};
@@ -57,6 +58,10 @@ struct Ack {
     id: u64,
     lsn: u64,
     time: tarn_core::Time,
+    /// The commit reached watchers: its answer waits until the hub has
+    /// queued its changes, so a client watching what it wrote sees the
+    /// change before the answer.
+    watched: bool,
     /// Holds an in-flight slot until answered.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -66,6 +71,7 @@ struct Ack {
 /// every commit a sync made durable.
 async fn ack_loop(
     db: Arc<tarn_store::Db>,
+    hub: Arc<crate::fanout::Hub>,
     outbox: Arc<Outbox>,
     mut rx: mpsc::UnboundedReceiver<Ack>,
 ) {
@@ -88,6 +94,9 @@ async fn ack_loop(
             .is_some_and(|a| result.is_err() || a.lsn <= durable)
         {
             let Some(ack) = queue.pop_front() else { break };
+            if ack.watched && result.is_ok() {
+                hub.routed(ack.lsn).await;
+            }
             let msg = match &result {
                 Ok(()) => Response::Committed {
                     id: ack.id,
@@ -122,7 +131,12 @@ async fn session(socket: WebSocket, app: Arc<App>, codec: Codec, _slot: Connecti
     let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&outbox), codec, tick));
     let mut shutdown = app.shutdown.clone();
     let (acks, acks_rx) = mpsc::unbounded_channel();
-    tokio::spawn(ack_loop(Arc::clone(&app.db), Arc::clone(&outbox), acks_rx));
+    tokio::spawn(ack_loop(
+        Arc::clone(&app.db),
+        Arc::clone(&app.hub),
+        Arc::clone(&outbox),
+        acks_rx,
+    ));
     let mut s = Session {
         acks,
         in_flight: Arc::new(Semaphore::new(
@@ -405,8 +419,25 @@ impl Session {
                 let _ = self.app.db.peek(|e| e.unwatch(engine_id));
                 self.outbox.push(Response::Unwatched { id });
             }
-            Request::Commit { id, reads, writes } => {
-                let txn = convert::txn(reads, writes, &self.app.paths)?;
+            Request::Commit {
+                id,
+                reads,
+                writes,
+                client,
+                seq,
+                depends_on,
+            } => {
+                let txn_id = match (client, seq) {
+                    (Some(client), Some(seq)) => Some((client, seq)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ErrorBody::new(
+                            ErrorCode::BadTransaction,
+                            "a transaction id needs both `client` and `seq`",
+                        ));
+                    }
+                };
+                let txn = convert::txn_with_id(reads, writes, txn_id, depends_on, &self.app.paths)?;
                 let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
                     return Err(ErrorBody::new(
                         ErrorCode::RateLimited,
@@ -416,22 +447,45 @@ impl Session {
                         ),
                     ));
                 };
-                let pending = match self.app.db.submit(txn) {
-                    Ok(p) => p,
+                let ack = match self.app.db.submit(txn) {
+                    Ok(pending) => {
+                        self.app.counters.commits.increment(1);
+                        Ack {
+                            id,
+                            lsn: pending.lsn,
+                            time: pending.commit.time,
+                            watched: !pending.commit.deliveries.is_empty(),
+                            _permit: permit,
+                        }
+                    }
+                    // A retry of a transaction that committed: the same
+                    // answer, once everything logged so far is durable
+                    // (the first submission may not be yet).
+                    Err(CommitError::Txn(TxnError::Invalid(InvalidTxn::AlreadyDecided {
+                        outcome: Outcome::Committed(time),
+                        ..
+                    }))) => {
+                        let ((), lsn) = self
+                            .app
+                            .db
+                            .peek(|_| ())
+                            .map_err(|e| convert::store_error(&e))?;
+                        Ack {
+                            id,
+                            lsn,
+                            time,
+                            watched: false,
+                            _permit: permit,
+                        }
+                    }
                     Err(e) => {
                         self.app.counters.rejections.increment(1);
                         return Err(convert::commit_error(&e));
                     }
                 };
-                self.app.counters.commits.increment(1);
                 // The acker answers once durable; a closed acker means the
                 // session is ending.
-                let _ = self.acks.send(Ack {
-                    id,
-                    lsn: pending.lsn,
-                    time: pending.commit.time,
-                    _permit: permit,
-                });
+                let _ = self.acks.send(ack);
             }
         }
         Ok(())

@@ -318,7 +318,7 @@ struct Shared {
     archives: ArchiveStore,
     /// Where durable commits are published in log order, if anyone
     /// subscribed at open (the server's fan-out).
-    feed: Option<tokio::sync::mpsc::UnboundedSender<Arc<Commit>>>,
+    feed: Option<tokio::sync::mpsc::UnboundedSender<(u64, Arc<Commit>)>>,
     /// The durable lsn, for async waiters.
     durable_tx: tokio::sync::watch::Sender<Durable>,
     durable_rx: tokio::sync::watch::Receiver<Durable>,
@@ -443,13 +443,14 @@ impl Db {
 
     /// Like [`Db::open`], and publishes every commit that changed
     /// something a watch sees (a non-empty [`Commit::deliveries`]) on
-    /// `feed` once it is durable, in log (commit time) order:
+    /// `feed` with its log sequence number once it is durable, in log
+    /// (commit time) order:
     /// what a fan-out to watchers needs, since watches never show a change
     /// before it is durable.
     pub fn open_with_feed(
         dir: impl AsRef<FsPath>,
         options: StoreOptions,
-        feed: Option<tokio::sync::mpsc::UnboundedSender<Arc<Commit>>>,
+        feed: Option<tokio::sync::mpsc::UnboundedSender<(u64, Arc<Commit>)>>,
     ) -> Result<Db, StoreError> {
         let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable::default());
         let dir = dir.as_ref().to_path_buf();
@@ -869,9 +870,9 @@ fn flusher(shared: &Shared, mut writer: SegmentWriter) {
                         .front()
                         .is_some_and(|(lsn, _)| *lsn <= upto)
                     {
-                        if let Some((_, commit)) = state.unpublished.pop_front() {
+                        if let Some(published) = state.unpublished.pop_front() {
                             // A closed feed (server shutting down) is fine.
-                            let _ = feed.send(commit);
+                            let _ = feed.send(published);
                         }
                     }
                 }
@@ -1196,7 +1197,7 @@ fn replay_wal(
                 if record.time <= cut {
                     continue;
                 }
-                if let Err(source) = engine.replay(record.time, &record.changes) {
+                if let Err(source) = engine.replay_logged(record.time, record.id, &record.changes) {
                     applied = Err(StoreError::Replay {
                         segment,
                         offset,

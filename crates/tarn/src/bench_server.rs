@@ -91,6 +91,9 @@ async fn connect(addr: SocketAddr) -> Result<Ws> {
 
 fn set(id: u64, path: &str, v: i64) -> Request {
     Request::Commit {
+        client: None,
+        seq: None,
+        depends_on: vec![],
         id,
         reads: vec![],
         writes: vec![WireWrite::Set {

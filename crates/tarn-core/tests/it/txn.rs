@@ -587,3 +587,45 @@ fn deleting_a_huge_subtree_is_refused_before_anything_changes() {
     e.commit(Txn::new(vec![], vec![Write::Delete { path: p("big") }]), 4)
         .unwrap();
 }
+
+#[test]
+fn a_seq_skipped_inside_the_kept_window_reads_as_rejected() {
+    let mut e = engine();
+    e.commit(with_id(Txn::set(p("a"), int(1)), id(1, 1)), 1)
+        .unwrap();
+    e.commit(with_id(Txn::set(p("a"), int(3)), id(1, 3)), 2)
+        .unwrap();
+    // Seq 2 was never decided as a commit: nothing was written by it.
+    assert_eq!(
+        e.commit(with_id(Txn::set(p("a"), int(2)), id(1, 2)), 3),
+        Err(TxnError::Invalid(InvalidTxn::AlreadyDecided {
+            id: id(1, 2),
+            outcome: Outcome::Rejected
+        }))
+    );
+}
+
+#[test]
+fn replayed_commits_keep_their_outcomes() {
+    let mut e = engine();
+    let c = e
+        .commit(with_id(Txn::set(p("a"), int(1)), id(7, 4)), 1)
+        .unwrap();
+    let mut fresh = engine();
+    fresh.replay_logged(c.time, c.id, &c.changes).unwrap();
+    assert_eq!(
+        fresh.commit(with_id(Txn::set(p("a"), int(1)), id(7, 4)), 2),
+        Err(TxnError::Invalid(InvalidTxn::AlreadyDecided {
+            id: id(7, 4),
+            outcome: Outcome::Committed(c.time)
+        }))
+    );
+    // A client idle past the history horizon is forgotten with it.
+    fresh.compact_to(tarn_core::Time::from_ms(c.time.ms + 1));
+    assert_eq!(fresh.outcome(id(7, 4)), None);
+    assert!(
+        fresh
+            .commit(with_id(Txn::set(p("b"), int(1)), id(7, 5)), 3)
+            .is_ok()
+    );
+}

@@ -210,6 +210,13 @@ fn the_feed_publishes_durable_commits_in_commit_order() {
         )
         .unwrap(),
     );
+    // Only commits some watch sees are published: watch t0..t3.
+    for t in 0..4 {
+        db.peek(|e| e.watch(p(&format!("t{t}")), tarn_core::WatchKind::Subtree))
+            .unwrap()
+            .0
+            .unwrap();
+    }
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let db = Arc::clone(&db);
@@ -232,14 +239,16 @@ fn the_feed_publishes_durable_commits_in_commit_order() {
         vec![],
     ))
     .unwrap();
-    let mut last = tarn_core::Time::ZERO;
+    let (mut last, mut last_lsn) = (tarn_core::Time::ZERO, 0);
     let mut n = 0;
-    while let Ok(commit) = rx.try_recv() {
+    while let Ok((lsn, commit)) = rx.try_recv() {
         assert!(commit.time > last, "feed out of order");
-        last = commit.time;
+        assert!(lsn > last_lsn, "lsns out of order");
+        assert!(!commit.deliveries.is_empty());
+        (last, last_lsn) = (commit.time, lsn);
         n += 1;
     }
-    assert_eq!(n, 800);
+    assert_eq!(n, 400, "the commits under t0..t3, and only those");
 }
 
 #[test]

@@ -25,8 +25,22 @@ impl Server {
 
     /// Starts a server on `dir/data` (kept by the server until dropped).
     fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        Server::start_at(dir, "127.0.0.1:0", env)
+    }
+
+    /// Kills the server (SIGKILL) and returns its data directory and
+    /// address, for [`Server::start_at`] later.
+    pub fn kill(mut self) -> (tempfile::TempDir, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.addr.clone())
+    }
+
+    /// Starts a server on `dir/data` listening on `listen`.
+    pub fn start_at(dir: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tarn"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        cmd.args(["serve", "--listen", listen, "--data"])
             .arg(dir.path().join("data"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -334,6 +348,9 @@ fn websocket_msgpack_session() {
         let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
         assert_eq!(resp.headers()["sec-websocket-protocol"], "tarn.v1.msgpack");
         let commit = tarn_proto::Request::Commit {
+            client: None,
+            seq: None,
+            depends_on: vec![],
             id: 1,
             reads: vec![],
             writes: vec![tarn_proto::WireWrite::Set {
@@ -352,6 +369,9 @@ fn websocket_msgpack_session() {
         let mut packed = Vec::new();
         codec.encode_request_into(
             &tarn_proto::Request::Commit {
+                client: None,
+                seq: None,
+                depends_on: vec![],
                 id: 3,
                 reads: vec![],
                 writes: vec![tarn_proto::WireWrite::Set {
