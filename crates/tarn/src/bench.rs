@@ -42,6 +42,9 @@ enum Area {
     Store,
     /// The server over its WebSocket protocol, on loopback.
     Server,
+    /// tarn-client against a server in this process: transactions,
+    /// prediction.
+    Client,
     /// Internal: open the data directory `--dir` in this fresh process and
     /// print `<wal bytes> <seconds>` (how `store` times startup replay).
     #[value(hide = true)]
@@ -83,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             crate::bench_server::run(duration, vs_redis)?
         }
+        Area::Client => crate::bench_client::run(duration)?,
         Area::ReplayProbe => crate::bench_store::replay_probe(&args.dir)?,
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! command line and dispatches.
 
 mod bench;
+mod bench_client;
 mod bench_server;
 mod bench_store;
 mod cli;
