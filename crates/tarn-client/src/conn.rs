@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
 use tarn_core::{Time, Value};
-use tarn_proto::{Codec, MSGPACK_SUBPROTOCOL, PROTOCOL_VERSION, Request, Response};
+use tarn_proto::{Codec, ErrorCode, MSGPACK_SUBPROTOCOL, PROTOCOL_VERSION, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -52,8 +52,12 @@ pub(crate) fn watch_request(state: &mut State, local: u64) -> Request {
     Request::Watch {
         id,
         path: w.path.join("/"),
-        subtree: w.subtree,
-        since: w.committed.as_ref().map(|_| w.time.into()),
+        subtree: true,
+        since: if w.resync {
+            None
+        } else {
+            w.committed.as_ref().map(|_| w.time.into())
+        },
     }
 }
 
@@ -84,9 +88,14 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         };
         match attempt {
             Ok(ws) => {
-                backoff = shared.options.backoff_min;
-                if let Err(e) = session(&shared, ws).await {
+                let mut healthy = false;
+                if let Err(e) = session(&shared, ws, &mut healthy).await {
                     tracing::debug!(error = %e, "tarn connection lost");
+                }
+                // Only a session the server answered resets the backoff: a
+                // server that closes at once is not retried in a hot loop.
+                if healthy {
+                    backoff = shared.options.backoff_min;
                 }
             }
             Err(e) => tracing::debug!(url = %shared.url, error = %e, "tarn connect failed"),
@@ -111,6 +120,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// Forgets what belonged to the lost connection; what must be sent again
 /// (watches, gets, unanswered commits) is rebuilt from the state.
 fn disconnected(state: &mut State) {
+    // Sent and unanswered: the server may have decided them.
+    for seq in std::mem::take(&mut state.in_flight) {
+        if let Some(c) = state.commits.get_mut(&seq) {
+            c.sent = true;
+        }
+    }
     state.connected = false;
     state.unsent.clear();
     state.in_flight.clear();
@@ -137,7 +152,7 @@ fn close_all(state: &mut State) {
 }
 
 /// One connection, until it fails or the client closes.
-async fn session(shared: &Shared, ws: Ws) -> Result<(), String> {
+async fn session(shared: &Shared, ws: Ws, healthy: &mut bool) -> Result<(), String> {
     let (mut sink, mut stream) = ws.split();
     let first = {
         let mut state = shared.lock();
@@ -167,14 +182,34 @@ async fn session(shared: &Shared, ws: Ws) -> Result<(), String> {
     };
     send(&mut sink, first).await?;
     shared.conn_state.send_replace(ConnectionState::Connected);
+    let ping_every = shared
+        .options
+        .ping_interval
+        .max(std::time::Duration::from_millis(10));
+    let mut heard = tokio::time::Instant::now();
+    let mut pinged = false;
     loop {
         let batch = sendable(shared, &mut shared.lock());
         if !batch.is_empty() {
             send(&mut sink, batch).await?;
         }
+        let quiet_until = heard + if pinged { ping_every * 2 } else { ping_every };
         tokio::select! {
+            _ = tokio::time::sleep_until(quiet_until) => {
+                if pinged {
+                    return Err(format!("no answer for {:?}; reconnecting", ping_every * 2));
+                }
+                let id = {
+                    let mut state = shared.lock();
+                    state.next_request += 1;
+                    state.next_request
+                };
+                send(&mut sink, vec![Request::Ping { id }]).await?;
+                pinged = true;
+            }
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(frame))) => {
+                    (heard, pinged, *healthy) = (tokio::time::Instant::now(), false, true);
                     let msgs = Codec::MsgPack
                         .decode_responses(&frame)
                         .map_err(|e| format!("unreadable frame from the server: {e}"))?;
@@ -184,6 +219,7 @@ async fn session(shared: &Shared, ws: Ws) -> Result<(), String> {
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
+                    (heard, pinged, *healthy) = (tokio::time::Instant::now(), false, true);
                     let msg = Codec::Json
                         .decode_response(text.as_bytes())
                         .map_err(|e| format!("unreadable frame from the server: {e}"))?;
@@ -192,7 +228,7 @@ async fn session(shared: &Shared, ws: Ws) -> Result<(), String> {
                 Some(Ok(Message::Close(frame))) => {
                     return Err(format!("the server closed the connection: {frame:?}"));
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => (heard, pinged) = (tokio::time::Instant::now(), false),
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Err("the connection ended".into()),
             },
@@ -228,6 +264,7 @@ fn sendable(shared: &Shared, state: &mut State) -> Vec<Request> {
             client: Some(shared.client_id),
             seq: Some(seq),
             depends_on: commit.depends_on.clone(),
+            retry: commit.sent,
         });
         state.commit_requests.insert(id, seq);
         state.in_flight.insert(seq);
@@ -276,11 +313,16 @@ fn handle(state: &mut State, msg: Response) {
             let Some(local) = state.watch_requests.remove(&id) else {
                 return;
             };
-            state.by_server_id.insert(watch, local);
             let Some(w) = state.watches.get_mut(&local) else {
+                // Dropped before the server answered: stop it there.
+                let id = state.next_request;
+                state.next_request += 1;
+                state.unsent.push_back(Request::Unwatch { id, watch });
                 return;
             };
+            state.by_server_id.insert(watch, local);
             w.server_id = Some(watch);
+            w.resync = false;
             if resumed && w.committed.is_some() {
                 return; // the missed changes follow
             }
@@ -311,7 +353,9 @@ fn handle(state: &mut State, msg: Response) {
             let Some(w) = state.watches.get_mut(&local) else {
                 return;
             };
-            // A change already reflected (resumed from an older time).
+            // A change already reflected (resumed from an older time). A
+            // resynced value may be older than the last time seen (the
+            // server lost history): then only the value's time counts.
             if w.time >= time {
                 return;
             }
@@ -347,9 +391,22 @@ fn handle(state: &mut State, msg: Response) {
             } else if let Some((_, reply)) = state.gets.remove(&id) {
                 let _ = reply.send(Err(Error::Server(error)));
             } else if let Some(local) = state.watch_requests.remove(&id) {
-                // The watch cannot be served: its stream ends.
-                tracing::warn!(code = error.code.as_str(), message = %error.message, "watch refused");
-                state.watches.remove(&local);
+                match error.code {
+                    // `since` is newer than the server has (a restore, a
+                    // failover): watch again from its current value.
+                    ErrorCode::AfterNewest if state.watches.contains_key(&local) => {
+                        if let Some(w) = state.watches.get_mut(&local) {
+                            w.resync = true;
+                        }
+                        let req = watch_request(state, local);
+                        state.unsent.push_back(req);
+                    }
+                    // The watch cannot be served: its stream ends.
+                    _ => {
+                        tracing::warn!(code = error.code.as_str(), message = %error.message, "watch refused");
+                        state.watches.remove(&local);
+                    }
+                }
             } else {
                 tracing::debug!(id, code = error.code.as_str(), message = %error.message, "error from the server");
             }

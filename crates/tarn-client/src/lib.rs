@@ -88,6 +88,9 @@ pub struct Options {
     pub max_attempts: u32,
     /// Longest jittered pause between transaction attempts.
     pub retry_backoff_max: Duration,
+    /// A ping is sent after this long without traffic; a connection
+    /// silent for twice as long is taken as dead and replaced.
+    pub ping_interval: Duration,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
             max_in_flight: 256,
             max_attempts: 64,
             retry_backoff_max: Duration::from_millis(50),
+            ping_interval: Duration::from_secs(10),
         }
     }
 }
@@ -323,6 +327,8 @@ impl Op {
 
 /// A commit waiting for its answer.
 struct PendingCommit {
+    /// Sent on an earlier connection, answer lost: resent as a retry.
+    sent: bool,
     reads: Vec<WireRead>,
     ops: Vec<Op>,
     depends_on: Vec<u64>,
@@ -338,6 +344,8 @@ struct WatchState {
     time: Time,
     /// The server's id for this watch on the current connection.
     server_id: Option<u64>,
+    /// Watch again without `since` (the server refused the time).
+    resync: bool,
     tx: mpsc::UnboundedSender<Update>,
 }
 
@@ -753,6 +761,7 @@ impl Client {
             state.commits.insert(
                 seq,
                 PendingCommit {
+                    sent: false,
                     reads,
                     ops,
                     depends_on,
@@ -765,7 +774,10 @@ impl Client {
         Ok(Answer(rx))
     }
 
-    /// Watches the value at exactly `path` (a leaf watch).
+    /// Watches the value at `path` (assembled if it has children). The
+    /// server is asked for a subtree watch, so the cache and predictions
+    /// always agree with what it sends; [`Client::watch_subtree`] is the
+    /// same watch, named for prefixes.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
@@ -817,6 +829,7 @@ impl Client {
                     committed: None,
                     time: Time::ZERO,
                     server_id: None,
+                    resync: false,
                     tx,
                 },
             );
@@ -977,12 +990,18 @@ impl Tx {
                 }
             }
         }
-        self.reads.push(WireRead {
-            path: keys.join("/"),
-            seen: seen.into(),
-            subtree,
-            pending_on,
-        });
+        // One read per path (the engine refuses duplicates): the first
+        // version seen stands; a later subtree read widens it.
+        let path = keys.join("/");
+        match self.reads.iter_mut().find(|r| r.path == path) {
+            Some(r) => r.subtree |= subtree,
+            None => self.reads.push(WireRead {
+                path,
+                seen: seen.into(),
+                subtree,
+                pending_on,
+            }),
+        }
         for op in &self.ops {
             op.apply(&keys, &mut value);
         }
@@ -1002,8 +1021,31 @@ impl Tx {
     /// # Ok(()) }
     /// ```
     pub fn set(&mut self, path: &str, value: Value) -> Result<(), Error> {
-        self.ops.push(Op::Set(parse_path(path)?, value));
+        self.push(Op::Set(parse_path(path)?, value));
         Ok(())
+    }
+
+    /// Adds a write, folding it into an earlier write of the same path
+    /// (the engine takes one write per path).
+    fn push(&mut self, op: Op) {
+        let Some(i) = self.ops.iter().position(|o| o.path() == op.path()) else {
+            self.ops.push(op);
+            return;
+        };
+        let earlier = self.ops.remove(i);
+        let op = match (earlier, op) {
+            (Op::Patch(path, mut a), Op::Patch(_, b)) => {
+                tree::patch(&mut a, &[], &b);
+                Op::Patch(path, a)
+            }
+            (Op::Set(path, mut a), Op::Patch(_, b)) => {
+                tree::patch(&mut a, &[], &b);
+                Op::Set(path, a)
+            }
+            (Op::Delete(path), Op::Patch(_, b)) => Op::Set(path, b),
+            (_, later) => later,
+        };
+        self.ops.push(op);
     }
 
     /// Buffers a patch (merge the children of `value` into `path`).
@@ -1022,7 +1064,7 @@ impl Tx {
     /// # Ok(()) }
     /// ```
     pub fn patch(&mut self, path: &str, value: Value) -> Result<(), Error> {
-        self.ops.push(Op::Patch(parse_path(path)?, value));
+        self.push(Op::Patch(parse_path(path)?, value));
         Ok(())
     }
 
@@ -1040,7 +1082,7 @@ impl Tx {
     /// # Ok(()) }
     /// ```
     pub fn remove(&mut self, path: &str) -> Result<(), Error> {
-        self.ops.push(Op::Delete(parse_path(path)?));
+        self.push(Op::Delete(parse_path(path)?));
         Ok(())
     }
 }
@@ -1053,7 +1095,8 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The next update, `None` once the client is closed.
+    /// The next update; `None` once the client is closed, or if the server
+    /// refused the watch (e.g. `too_many_watches`, `bad_path`).
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
@@ -1120,31 +1163,36 @@ fn predicted(state: &State, watch: &WatchState) -> bool {
 
 /// The visible values of the watches `ops` touch, before a change to the
 /// predictions.
-fn snapshot(state: &State, ops: &[Op]) -> Vec<(u64, Value)> {
+fn snapshot(state: &State, ops: &[Op]) -> Vec<(u64, Value, bool)> {
     state
         .watches
         .iter()
         .filter(|(_, w)| w.committed.is_some() && ops.iter().any(|op| op.overlaps(&w.path)))
-        .map(|(id, w)| (*id, visible(state, w)))
+        .map(|(id, w)| (*id, visible(state, w), predicted(state, w)))
         .collect()
 }
 
 /// Sends an update to each watch of `before` whose visible value changed
 /// (or that a confirmation concerns).
-fn emit_changed(state: &State, before: Vec<(u64, Value)>, kind: impl Fn(&Value) -> UpdateKind) {
-    for (id, old) in before {
+fn emit_changed(
+    state: &State,
+    before: Vec<(u64, Value, bool)>,
+    kind: impl Fn(&Value) -> UpdateKind,
+) {
+    for (id, old, was_predicted) in before {
         let Some(w) = state.watches.get(&id) else {
             continue;
         };
         let value = visible(state, w);
+        let predicted = predicted(state, w);
         let kind = kind(&value);
-        if value == old && !matches!(kind, UpdateKind::Confirmed(_)) {
+        if value == old && predicted == was_predicted && !matches!(kind, UpdateKind::Confirmed(_)) {
             continue;
         }
         let _ = w.tx.send(Update {
             value,
             time: w.time,
-            predicted: predicted(state, w),
+            predicted,
             kind,
         });
     }

@@ -362,6 +362,14 @@ impl Engine {
                 Some((oldest, _)) if on.seq < *oldest => {
                     Err(Rejection::DependencyForgotten { on }.into())
                 }
+                // Decided but not kept as a commit: it never committed
+                // (refused before the engine, or rejected).
+                _ if log
+                    .and_then(|l| l.last_seq)
+                    .is_some_and(|last| on.seq <= last) =>
+                {
+                    Err(Rejection::Dependency { on }.into())
+                }
                 _ => Err(InvalidTxn::DependencyNotSubmitted { txn: id, on }.into()),
             },
         }
@@ -387,9 +395,15 @@ impl Engine {
                     if txn.id.is_none() {
                         return Err(InvalidTxn::MissingId.into());
                     }
+                    // If a dependency committed before `base`, the client
+                    // laid its writes over a state that already held them
+                    // and maybe newer writes by others: check from the
+                    // earlier of the two, so such a read is refused
+                    // rather than hiding those writes.
+                    let from = allowed.iter().copied().fold(base, Time::min);
                     self.store
-                        .stale_except(&read.path, base, &allowed)
-                        .map(|s| (base, s))
+                        .stale_except(&read.path, from, &allowed)
+                        .map(|s| (from, s))
                 }
             };
             if let Some((seen, stale)) = stale {
@@ -429,6 +443,12 @@ impl Engine {
         while log.outcomes.len() > max {
             log.outcomes.pop_front();
         }
+    }
+
+    /// True while the engine keeps outcomes of `client` (it decided one of
+    /// its transactions within the history horizon, or replayed one).
+    pub fn knows_client(&self, client: ClientId) -> bool {
+        self.clients.contains_key(&client)
     }
 
     /// The recorded outcome of a transaction, while it is kept.

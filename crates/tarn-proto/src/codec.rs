@@ -101,6 +101,7 @@ fn msgpack_request(rest: &mut &[u8]) -> Result<Request, DecodeError> {
         client: None,
         seq: None,
         depends_on: Vec::new(),
+        retry: false,
     })
 }
 
@@ -230,6 +231,7 @@ impl Codec {
                     client: None,
                     seq: None,
                     depends_on,
+                    retry: false,
                 },
             ) if depends_on.is_empty() && reads.iter().all(|r| r.pending_on.is_none()) => {
                 let compact = CompactCommit(
@@ -338,6 +340,7 @@ mod tests {
             client: None,
             seq: None,
             depends_on: vec![],
+            retry: false,
             writes: vec![
                 WireWrite::Set {
                     path: "a/b".into(),
@@ -364,6 +367,7 @@ mod tests {
             client: Some(77),
             seq: Some(5),
             depends_on: vec![3],
+            retry: false,
             writes: vec![],
         };
         for codec in [Codec::Json, Codec::MsgPack] {
@@ -379,6 +383,7 @@ mod tests {
             client: None,
             seq: None,
             depends_on: vec![],
+            retry: false,
             reads: vec![],
             writes: vec![WireWrite::Set {
                 path: "bench/c0".into(),
@@ -476,6 +481,7 @@ mod tests {
                 client: None,
                 seq: None,
                 depends_on: vec![],
+                retry: false,
                 reads: vec![],
                 writes: vec![WireWrite::Set {
                     path: format!("a/{i}"),

@@ -30,6 +30,10 @@ pub enum ErrorCode {
     /// A retried transaction id whose first submission was rejected:
     /// nothing was written. Read again and retry with a new id.
     AlreadyRejected,
+    /// A resent transaction id from a client the server no longer knows
+    /// (idle past the history horizon, or its record was archived): it
+    /// may or may not have committed. Read the data to find out.
+    UnknownOutcome,
     /// A time before the history horizon.
     BeforeHorizon,
     /// A time after the newest commit.
@@ -67,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Compacted => "compacted",
             ErrorCode::DependencyRejected => "dependency_rejected",
             ErrorCode::AlreadyRejected => "already_rejected",
+            ErrorCode::UnknownOutcome => "unknown_outcome",
             ErrorCode::BeforeHorizon => "before_horizon",
             ErrorCode::AfterNewest => "after_newest",
             ErrorCode::TooManyWatches => "too_many_watches",

@@ -167,6 +167,11 @@ pub enum Request {
         /// depends on: it fails if any of them did.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         depends_on: Vec<u64>,
+        /// True when this id was sent before (on a lost connection): if
+        /// the server no longer knows the client, the answer is
+        /// `unknown_outcome` rather than a second decision.
+        #[serde(default, skip_serializing_if = "is_false")]
+        retry: bool,
     },
     /// Asks for a `pong`.
     Ping {
@@ -179,6 +184,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
 impl Request {
     /// A `commit` without a transaction id or dependencies.
     pub fn commit(id: u64, reads: Vec<WireRead>, writes: Vec<WireWrite>) -> Request {
@@ -189,6 +198,7 @@ impl Request {
             client: None,
             seq: None,
             depends_on: Vec::new(),
+            retry: false,
         }
     }
 

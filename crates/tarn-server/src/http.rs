@@ -97,7 +97,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::Compacted
         | ErrorCode::DependencyRejected
         | ErrorCode::AlreadyRejected => StatusCode::CONFLICT,
-        ErrorCode::BeforeHorizon => StatusCode::GONE,
+        ErrorCode::BeforeHorizon | ErrorCode::UnknownOutcome => StatusCode::GONE,
         ErrorCode::TooManyWatches | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::TooManyConnections | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,

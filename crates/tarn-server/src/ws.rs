@@ -426,7 +426,21 @@ impl Session {
                 client,
                 seq,
                 depends_on,
+                retry,
             } => {
+                if let (true, Some(client)) = (retry, client) {
+                    let (known, _) = self
+                        .app
+                        .db
+                        .peek(|e| e.knows_client(tarn_core::ClientId(client)))
+                        .map_err(|e| convert::store_error(&e))?;
+                    if !known {
+                        return Err(ErrorBody::new(
+                            ErrorCode::UnknownOutcome,
+                            "this transaction was sent before, and the server no longer knows its client (idle past the history horizon, or archived); it may have committed: read the data to find out",
+                        ));
+                    }
+                }
                 let txn_id = match (client, seq) {
                     (Some(client), Some(seq)) => Some((client, seq)),
                     (None, None) => None,

@@ -94,6 +94,7 @@ fn set(id: u64, path: &str, v: i64) -> Request {
         client: None,
         seq: None,
         depends_on: vec![],
+        retry: false,
         id,
         reads: vec![],
         writes: vec![WireWrite::Set {

@@ -541,21 +541,6 @@ fn a_pending_read_of_a_partial_write_commits_when_undisturbed() {
 }
 
 #[test]
-fn a_skipped_dependency_is_not_submitted_rather_than_forgotten() {
-    let mut e = engine();
-    e.commit(with_id(Txn::set(p("a"), int(1)), id(1, 1)), 1)
-        .unwrap();
-    e.commit(with_id(Txn::set(p("a"), int(3)), id(1, 3)), 2)
-        .unwrap();
-    let mut t = with_id(Txn::set(p("b"), int(1)), id(1, 4));
-    t.depends_on = vec![id(1, 2)];
-    assert!(matches!(
-        e.commit(t, 3),
-        Err(TxnError::Invalid(InvalidTxn::DependencyNotSubmitted { .. }))
-    ));
-}
-
-#[test]
 fn deleting_a_huge_subtree_is_refused_before_anything_changes() {
     let mut e = tarn_core::Engine::new(tarn_core::EngineConfig {
         txns: tarn_core::TxnLimits {
@@ -627,5 +612,69 @@ fn replayed_commits_keep_their_outcomes() {
         fresh
             .commit(with_id(Txn::set(p("b"), int(1)), id(7, 5)), 3)
             .is_ok()
+    );
+}
+
+/// The client read its dependency's prediction over a base that already
+/// held it and a newer write by someone else: laying the prediction over
+/// again would hide that write. Refused.
+#[test]
+fn a_pending_read_over_a_base_newer_than_its_dependency_is_refused() {
+    let mut e = engine();
+    let p1 = with_id(Txn::new(vec![], vec![w("x", 1)]), id(1, 1));
+    e.commit(p1, 1).unwrap();
+    let other = set(&mut e, "x", int(2), 2).time;
+    // The client's base is after both; it overlays p1's x = 1 again.
+    let p2 = with_id(
+        Txn::new(
+            vec![Read {
+                path: p("x"),
+                kind: ReadKind::Value,
+                seen: Seen::Pending {
+                    on: id(1, 1),
+                    base: other,
+                },
+            }],
+            vec![w("x", 2)],
+        ),
+        id(1, 2),
+    );
+    assert!(matches!(
+        e.commit(p2, 3),
+        Err(TxnError::Rejected(Rejection::Conflict { .. }))
+    ));
+    // Undisturbed, the same shape commits.
+    let q1 = with_id(Txn::new(vec![], vec![w("y", 1)]), id(2, 1));
+    let t1 = e.commit(q1, 4).unwrap().time;
+    let q2 = with_id(
+        Txn::new(
+            vec![Read {
+                path: p("y"),
+                kind: ReadKind::Value,
+                seen: Seen::Pending {
+                    on: id(2, 1),
+                    base: t1,
+                },
+            }],
+            vec![w("y", 2)],
+        ),
+        id(2, 2),
+    );
+    e.commit(q2, 5).unwrap();
+}
+
+#[test]
+fn a_dependency_refused_before_the_engine_reads_as_rejected() {
+    let mut e = engine();
+    e.commit(with_id(Txn::set(p("a"), int(1)), id(1, 1)), 1)
+        .unwrap();
+    e.commit(with_id(Txn::set(p("a"), int(3)), id(1, 3)), 2)
+        .unwrap();
+    // Seq 2 never reached the engine (refused at the edge).
+    let mut t = with_id(Txn::set(p("b"), int(1)), id(1, 4));
+    t.depends_on = vec![id(1, 2)];
+    assert_eq!(
+        e.commit(t, 3),
+        Err(TxnError::Rejected(Rejection::Dependency { on: id(1, 2) }))
     );
 }

@@ -351,6 +351,7 @@ fn websocket_msgpack_session() {
             client: None,
             seq: None,
             depends_on: vec![],
+            retry: false,
             id: 1,
             reads: vec![],
             writes: vec![tarn_proto::WireWrite::Set {
@@ -372,6 +373,7 @@ fn websocket_msgpack_session() {
                 client: None,
                 seq: None,
                 depends_on: vec![],
+                retry: false,
                 id: 3,
                 reads: vec![],
                 writes: vec![tarn_proto::WireWrite::Set {
@@ -771,4 +773,52 @@ fn shutdown_is_bounded_even_with_a_client_that_never_reads() {
         started.elapsed()
     );
     drop((stuck, ws));
+}
+
+#[test]
+fn a_resent_transaction_id_is_answered_not_applied_twice() {
+    let server = Server::start(&[]);
+    rt().block_on(async {
+        let mut ws = connect(&server.addr).await;
+        let commit = |id: u64, seq: u64, retry: bool| {
+            json!({"type": "commit", "id": id, "client": 77, "seq": seq, "retry": retry,
+                   "writes": [{"op": "set", "path": "n", "value": seq}]})
+        };
+        // A retry from a client the server never heard of: the outcome is
+        // unknown, and nothing is decided.
+        call(&mut ws, commit(1, 1, true)).await;
+        let r = recv(&mut ws).await;
+        assert_eq!(r["error"]["code"], "unknown_outcome", "{r}");
+        call(&mut ws, commit(2, 1, false)).await;
+        let first = recv(&mut ws).await;
+        assert_eq!(first["type"], "committed", "{first}");
+        // Sent again (as after a lost answer): the same time, no new commit.
+        call(&mut ws, commit(3, 1, true)).await;
+        let again = recv(&mut ws).await;
+        assert_eq!(again["type"], "committed", "{again}");
+        assert_eq!(again["time"], first["time"]);
+        // A later seq that depends on a rejected one is rejected with it.
+        call(
+            &mut ws,
+            json!({"type": "commit", "id": 4, "client": 77, "seq": 2,
+                   "reads": [{"path": "n", "seen": [1, 0, 0]}], "writes": []}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["error"]["code"], "conflict");
+        call(
+            &mut ws,
+            json!({"type": "commit", "id": 5, "client": 77, "seq": 2, "retry": true, "writes": []}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["error"]["code"], "already_rejected");
+        call(
+            &mut ws,
+            json!({"type": "commit", "id": 6, "client": 77, "seq": 3, "depends_on": [2],
+                             "writes": [{"op": "set", "path": "m", "value": 1}]}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["error"]["code"], "dependency_rejected");
+        call(&mut ws, json!({"type": "get", "id": 7, "path": "n"})).await;
+        assert_eq!(recv(&mut ws).await["value"], 1);
+    });
 }
