@@ -179,6 +179,13 @@ impl Error {
     }
 
     /// The server's error code, if the server refused.
+    ///
+    /// ```
+    /// use tarn_client::{Error, ErrorBody, ErrorCode};
+    /// let e = Error::Server(ErrorBody::new(ErrorCode::TooLarge, "x"));
+    /// assert_eq!(e.code(), Some(ErrorCode::TooLarge));
+    /// assert_eq!(Error::Closed.code(), None);
+    /// ```
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server(body) => Some(body.code),
@@ -188,6 +195,14 @@ impl Error {
 }
 
 /// The connection's state, observable with [`Client::state`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Nothing listens on port 9: the client keeps trying.
+/// let client = tarn_client::Client::new("ws://127.0.0.1:9", Default::default());
+/// assert_ne!(client.state(), tarn_client::ConnectionState::Connected);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionState {
     /// Trying to connect (first time or after a loss).
@@ -201,6 +216,23 @@ pub enum ConnectionState {
 }
 
 /// Why a watch produced an [`Update`].
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = tarn_server::spawn(tarn_server::ServerConfig::local(dir.path())).await?;
+/// # let url = server.url();
+/// use tarn_client::UpdateKind;
+/// let client = tarn_client::Client::connect(&url, Default::default()).await?;
+/// let mut w = client.watch("n").await?;
+/// assert_eq!(w.recv().await.unwrap().kind, UpdateKind::Initial);
+/// let write = client.set("n", 5.into());
+/// tokio::pin!(write);
+/// let _ = futures_util::poll!(write.as_mut()); // predicted at once
+/// assert!(matches!(w.recv().await.unwrap().kind, UpdateKind::Predicted(_)));
+/// write.await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum UpdateKind {
     /// The first value of the watch.
@@ -413,6 +445,18 @@ impl Drop for Guard {
 
 /// A connection to a tarn server. Cheap to clone; all clones share the
 /// connection, the cache and the queue. See the crate docs.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = tarn_server::spawn(tarn_server::ServerConfig::local(dir.path())).await?;
+/// # let url = server.url();
+/// let client = tarn_client::Client::connect(&url, Default::default()).await?;
+/// let other = client.clone(); // the same connection
+/// other.set("a", 1.into()).await?;
+/// assert_eq!(client.get("a").await?, tarn_client::Value::Int(1));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
@@ -921,6 +965,25 @@ impl Future for Answer {
 }
 
 /// A transaction being built by a [`Client::transact`] closure.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = tarn_server::spawn(tarn_server::ServerConfig::local(dir.path())).await?;
+/// # let url = server.url();
+/// use tarn_client::Value;
+/// let client = tarn_client::Client::connect(&url, Default::default()).await?;
+/// client.set("stock/apples", Value::Int(3)).await?;
+/// // Take one apple if there is one: read, decide, write.
+/// let took = client.transact(|tx| Box::pin(async move {
+///     match tx.get("stock/apples").await? {
+///         Value::Int(n) if n > 0 => { tx.set("stock/apples", Value::Int(n - 1))?; Ok(true) }
+///         _ => Ok(false),
+///     }
+/// })).await?;
+/// assert!(took);
+/// # Ok(()) }
+/// ```
 pub struct Tx {
     client: Client,
     reads: Vec<WireRead>,
@@ -1088,6 +1151,24 @@ impl Tx {
 }
 
 /// A stream of [`Update`]s for one watch; unwatches when dropped.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = tarn_server::spawn(tarn_server::ServerConfig::local(dir.path())).await?;
+/// # let url = server.url();
+/// use futures_util::StreamExt;
+/// let client = tarn_client::Client::connect(&url, Default::default()).await?;
+/// let mut watch = client.watch_subtree("feed").await?;
+/// assert_eq!(watch.next().await.unwrap().kind, tarn_client::UpdateKind::Initial);
+/// client.set("feed/a", 1.into()).await?;
+/// // Predicted, then Committed and Confirmed (in this order).
+/// let updates: Vec<_> = watch.take(3).collect().await;
+/// assert!(matches!(updates[2].kind, tarn_client::UpdateKind::Confirmed(_)));
+/// assert_eq!(updates[2].get("a"), &tarn_client::Value::Int(1));
+/// assert!(!updates[2].predicted);
+/// # Ok(()) }
+/// ```
 pub struct Watch {
     id: u64,
     rx: mpsc::UnboundedReceiver<Update>,
