@@ -94,15 +94,7 @@ fn msgpack_request(rest: &mut &[u8]) -> Result<Request, DecodeError> {
             ))),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Request::Commit {
-        id,
-        reads,
-        writes,
-        client: None,
-        seq: None,
-        depends_on: Vec::new(),
-        retry: false,
-    })
+    Ok(Request::commit(id, reads, writes))
 }
 
 /// Reads one MessagePack response from the front of `rest`.
@@ -169,6 +161,11 @@ fn msgpack_all<T>(
         out.push(Err(DecodeError("an empty frame".into())));
     }
     out
+}
+
+/// Appends a compact form (an array, no field names).
+fn write_compact<T: Serialize>(out: &mut Vec<u8>, compact: &T) {
+    rmp_serde::encode::write(out, compact).expect("messages always serialize to MessagePack");
 }
 
 fn json<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
@@ -252,8 +249,7 @@ impl Codec {
                         })
                         .collect(),
                 );
-                rmp_serde::encode::write(out, &compact)
-                    .expect("messages always serialize to MessagePack");
+                write_compact(out, &compact);
             }
             _ => self.encode_into(msg, out),
         }
@@ -288,12 +284,10 @@ impl Codec {
                         .map(|c| (c.path.clone(), c.value.clone()))
                         .collect(),
                 );
-                rmp_serde::encode::write(out, &compact)
-                    .expect("messages always serialize to MessagePack");
+                write_compact(out, &compact);
             }
             (Codec::MsgPack, Response::Committed { id, time }) => {
-                rmp_serde::encode::write(out, &CompactCommitted(COMPACT_COMMITTED, *id, *time))
-                    .expect("messages always serialize to MessagePack");
+                write_compact(out, &CompactCommitted(COMPACT_COMMITTED, *id, *time));
             }
             _ => self.encode_into(msg, out),
         }

@@ -116,3 +116,30 @@ fn measure(w: &mut dyn Workload, duration: Duration) -> Measurement {
         us_per_op: secs * 1e6 / ops as f64,
     }
 }
+
+/// Runs `body` against a server in this process, on loopback, with
+/// `sync = batch(2)` and no request rate limit, on a fresh data directory
+/// under the system's temp dir; stops the server and removes the
+/// directory afterwards.
+pub fn with_server<F, Fut>(name: &str, body: F) -> Result<()>
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let dir = std::env::temp_dir().join(format!("tarn-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let mut config = tarn_server::ServerConfig::local(&dir);
+        config.wal.sync = "batch(2)".into();
+        config.limits.max_requests_per_sec = u32::MAX;
+        let server = tarn_server::spawn(config).await?;
+        body(server.addr).await?;
+        server.stop().await
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

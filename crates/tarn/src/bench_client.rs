@@ -17,27 +17,16 @@ use anyhow::{Context, Result};
 use tarn_client::{Client, Options, UpdateKind, Value};
 
 pub fn run(duration: Duration) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("tarn-bench-client-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        let mut config = tarn_server::ServerConfig::local(&dir);
-        config.wal.sync = "batch(2)".into();
-        config.limits.max_requests_per_sec = u32::MAX;
-        let server = tarn_server::spawn(config).await?;
-        let url = server.url();
+    crate::bench::with_server("client", |addr| async move {
+        let url = format!("ws://{addr}/v1/ws");
         let (rate, reruns) = transact_rate(&url, duration).await?;
         println!("client.transact_per_sec {rate:.0} txn/s");
         println!("client.transact_reruns_per_commit {reruns:.2} runs");
         let (p50, p99) = predicted_apply(&url).await?;
         println!("client.predicted_apply_us {p50:.1} us");
         println!("client.predicted_apply_p99_us {p99:.1} us");
-        server.stop().await
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+        Ok(())
+    })
 }
 
 async fn transact_rate(url: &str, duration: Duration) -> Result<(f64, f64)> {

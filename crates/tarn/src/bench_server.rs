@@ -28,30 +28,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
-    let dir = tempfile_dir()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        let mut config = tarn_server::ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: dir.join("data"),
-            ..Default::default()
-        };
-        config.wal.sync = "batch(2)".into();
-        config.limits.max_requests_per_sec = u32::MAX;
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(tarn_server::run(
-            config,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |addr| {
-                let _ = addr_tx.send(addr);
-            },
-        ));
-        let addr = addr_rx.await.context("the server did not start")?;
+    crate::bench::with_server("server", |addr| async move {
         let sets = ws_sets(addr, duration).await?;
         println!("server.ws_sets_per_sec {sets:.0} sets/s");
         let (p50, p99) = commit_rtt(addr, duration).await?;
@@ -66,18 +43,8 @@ pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
             println!("server.redis_pipelined_sets_per_sec {redis:.0} sets/s");
             println!("server.vs_redis_set_ratio {:.2} x", sets / redis.max(1.0));
         }
-        let _ = stop_tx.send(());
-        server.await.context("the server task")??;
-        anyhow::Ok(())
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tarn-bench-server-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+        Ok(())
+    })
 }
 
 async fn connect(addr: SocketAddr) -> Result<Ws> {
