@@ -1039,20 +1039,10 @@ impl Tx {
         let (mut value, seen) = self.client.get_versioned(&keys).await?;
         // This client's unanswered transactions touching the path: the
         // read sees their predictions and depends on them.
-        let mut pending_on = None;
-        {
-            let state = self.client.shared.lock();
-            for (seq, commit) in &state.commits {
-                if commit.ops.iter().any(|op| op.overlaps(&keys)) {
-                    for op in &commit.ops {
-                        op.apply(&keys, &mut value);
-                    }
-                    if let Some(prev) = pending_on.replace(*seq) {
-                        self.depends_on.insert(prev);
-                    }
-                }
-            }
-        }
+        let laid = lay_predictions(&self.client.shared.lock(), &keys, &mut value);
+        let pending_on = laid.last().copied();
+        self.depends_on
+            .extend(&laid[..laid.len().saturating_sub(1)]);
         // One read per path (the engine refuses duplicates): the first
         // version seen stands; a later subtree read widens it.
         let path = keys.join("/");
@@ -1225,14 +1215,23 @@ impl Drop for Watch {
 /// The value of `watch` with every unanswered transaction laid over it.
 fn visible(state: &State, watch: &WatchState) -> Value {
     let mut v = watch.committed.clone().unwrap_or(Value::Null);
-    for commit in state.commits.values() {
-        for op in &commit.ops {
-            if op.overlaps(&watch.path) {
-                op.apply(&watch.path, &mut v);
+    lay_predictions(state, &watch.path, &mut v);
+    v
+}
+
+/// Lays the writes of every unanswered commit touching `at` over `v`, the
+/// value at `at`, in seq order; returns the seqs laid.
+fn lay_predictions(state: &State, at: &[String], v: &mut Value) -> Vec<u64> {
+    let mut laid = Vec::new();
+    for (seq, commit) in &state.commits {
+        if commit.ops.iter().any(|op| op.overlaps(at)) {
+            for op in &commit.ops {
+                op.apply(at, v);
             }
+            laid.push(*seq);
         }
     }
-    v
+    laid
 }
 
 fn predicted(state: &State, watch: &WatchState) -> bool {
