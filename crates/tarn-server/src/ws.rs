@@ -73,18 +73,18 @@ async fn ack_loop(
     db: Arc<tarn_store::Db>,
     hub: Arc<crate::fanout::Hub>,
     outbox: Arc<Outbox>,
-    mut rx: mpsc::UnboundedReceiver<Ack>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Ack>>,
 ) {
     let mut queue: std::collections::VecDeque<Ack> = std::collections::VecDeque::new();
     loop {
         if queue.is_empty() {
             match rx.recv().await {
-                Some(ack) => queue.push_back(ack),
+                Some(acks) => queue.extend(acks),
                 None => return,
             }
         }
-        while let Ok(ack) = rx.try_recv() {
-            queue.push_back(ack);
+        while let Ok(acks) = rx.try_recv() {
+            queue.extend(acks);
         }
         let Some(front) = queue.front() else { continue };
         let result = db.durable(front.lsn).await;
@@ -112,9 +112,17 @@ async fn ack_loop(
     }
 }
 
+/// A commit request checked and holding its in-flight slot, waiting to be
+/// decided with the rest of its frame.
+struct Prepared {
+    id: u64,
+    txn: tarn_core::Txn,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 struct Session {
     app: Arc<App>,
-    acks: mpsc::UnboundedSender<Ack>,
+    acks: mpsc::UnboundedSender<Vec<Ack>>,
     outbox: Arc<Outbox>,
     /// Client watch id → engine watch id.
     watches: HashMap<u64, WatchId>,
@@ -315,12 +323,15 @@ impl Session {
 
     /// Handles every request of a frame, in order. A message that does
     /// not decode is answered with `bad_request`; nothing after it in the
-    /// frame can be read.
+    /// frame can be read. Consecutive commits are decided together, under
+    /// one acquisition of the engine lock.
     async fn frame(&mut self, codec: Codec, frame: &[u8]) {
+        let mut batch = Vec::new();
         for req in codec.decode_requests(frame) {
             let req = match req {
                 Ok(req) => req,
                 Err(e) => {
+                    self.submit(&mut batch);
                     let id = salvage_id(codec, frame);
                     self.error(
                         id,
@@ -346,9 +357,135 @@ impl Session {
                 );
                 continue;
             }
-            if let Err(error) = self.handle(req).await {
+            let result = match req {
+                Request::Commit {
+                    id,
+                    reads,
+                    writes,
+                    client,
+                    seq,
+                    depends_on,
+                    retry,
+                } => {
+                    // Whether a retry's client is known depends on the
+                    // commits before it: decide those first.
+                    if retry {
+                        self.submit(&mut batch);
+                    }
+                    self.prepare(id, reads, writes, client, seq, depends_on, retry)
+                        .map(|p| batch.push(p))
+                }
+                req => {
+                    self.submit(&mut batch);
+                    self.handle(req).await
+                }
+            };
+            if let Err(error) = result {
                 self.error(id, error);
             }
+        }
+        self.submit(&mut batch);
+    }
+
+    /// Checks a commit request and takes its in-flight slot.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        id: u64,
+        reads: Vec<tarn_proto::WireRead>,
+        writes: Vec<tarn_proto::WireWrite>,
+        client: Option<u64>,
+        seq: Option<u64>,
+        depends_on: Vec<u64>,
+        retry: bool,
+    ) -> Result<Prepared, ErrorBody> {
+        if let (true, Some(client)) = (retry, client) {
+            let (known, _) = self
+                .app
+                .db
+                .peek(|e| e.knows_client(tarn_core::ClientId(client)))
+                .map_err(|e| convert::store_error(&e))?;
+            if !known {
+                return Err(ErrorBody::new(
+                    ErrorCode::UnknownOutcome,
+                    "this transaction was sent before, and the server no longer knows its client (idle past the history horizon, or archived); it may have committed: read the data to find out",
+                ));
+            }
+        }
+        let txn_id = match (client, seq) {
+            (Some(client), Some(seq)) => Some((client, seq)),
+            (None, None) => None,
+            _ => {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadTransaction,
+                    "a transaction id needs both `client` and `seq`",
+                ));
+            }
+        };
+        let txn = convert::txn_with_id(reads, writes, txn_id, depends_on, &self.app.paths)?;
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            return Err(ErrorBody::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} commits are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
+                    self.app.config.limits.max_in_flight_per_connection
+                ),
+            ));
+        };
+        Ok(Prepared { id, txn, permit })
+    }
+
+    /// Decides the prepared commits in order under one lock and hands
+    /// their answers to the acknowledger.
+    fn submit(&self, batch: &mut Vec<Prepared>) {
+        if batch.is_empty() {
+            return;
+        }
+        let (ids, txns): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| ((p.id, p.permit), p.txn)).unzip();
+        let results = self.app.db.submit_all(txns);
+        let mut acks = Vec::with_capacity(results.len());
+        let (mut committed, mut rejected) = (0, 0);
+        for ((id, permit), result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(pending) => {
+                    committed += 1;
+                    acks.push(Ack {
+                        id,
+                        lsn: pending.lsn,
+                        time: pending.commit.time,
+                        watched: !pending.commit.deliveries.is_empty(),
+                        _permit: permit,
+                    });
+                }
+                // A retry of a transaction that committed: the same
+                // answer, once everything logged so far is durable (the
+                // first submission may not be yet).
+                Err(CommitError::Txn(TxnError::Invalid(InvalidTxn::AlreadyDecided {
+                    outcome: Outcome::Committed(time),
+                    ..
+                }))) => match self.app.db.peek(|_| ()) {
+                    Ok(((), lsn)) => acks.push(Ack {
+                        id,
+                        lsn,
+                        time,
+                        watched: false,
+                        _permit: permit,
+                    }),
+                    Err(e) => self.error(id, convert::store_error(&e)),
+                },
+                Err(e) => {
+                    rejected += 1;
+                    self.error(id, convert::commit_error(&e));
+                }
+            }
+        }
+        self.app.counters.commits.increment(committed);
+        self.app.counters.rejections.increment(rejected);
+        // The acker answers once durable; a closed acker means the session
+        // is ending.
+        if !acks.is_empty() {
+            let _ = self.acks.send(acks);
         }
     }
 
@@ -428,78 +565,8 @@ impl Session {
                 depends_on,
                 retry,
             } => {
-                if let (true, Some(client)) = (retry, client) {
-                    let (known, _) = self
-                        .app
-                        .db
-                        .peek(|e| e.knows_client(tarn_core::ClientId(client)))
-                        .map_err(|e| convert::store_error(&e))?;
-                    if !known {
-                        return Err(ErrorBody::new(
-                            ErrorCode::UnknownOutcome,
-                            "this transaction was sent before, and the server no longer knows its client (idle past the history horizon, or archived); it may have committed: read the data to find out",
-                        ));
-                    }
-                }
-                let txn_id = match (client, seq) {
-                    (Some(client), Some(seq)) => Some((client, seq)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(ErrorBody::new(
-                            ErrorCode::BadTransaction,
-                            "a transaction id needs both `client` and `seq`",
-                        ));
-                    }
-                };
-                let txn = convert::txn_with_id(reads, writes, txn_id, depends_on, &self.app.paths)?;
-                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-                    return Err(ErrorBody::new(
-                        ErrorCode::RateLimited,
-                        format!(
-                            "{} commits are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
-                            self.app.config.limits.max_in_flight_per_connection
-                        ),
-                    ));
-                };
-                let ack = match self.app.db.submit(txn) {
-                    Ok(pending) => {
-                        self.app.counters.commits.increment(1);
-                        Ack {
-                            id,
-                            lsn: pending.lsn,
-                            time: pending.commit.time,
-                            watched: !pending.commit.deliveries.is_empty(),
-                            _permit: permit,
-                        }
-                    }
-                    // A retry of a transaction that committed: the same
-                    // answer, once everything logged so far is durable
-                    // (the first submission may not be yet).
-                    Err(CommitError::Txn(TxnError::Invalid(InvalidTxn::AlreadyDecided {
-                        outcome: Outcome::Committed(time),
-                        ..
-                    }))) => {
-                        let ((), lsn) = self
-                            .app
-                            .db
-                            .peek(|_| ())
-                            .map_err(|e| convert::store_error(&e))?;
-                        Ack {
-                            id,
-                            lsn,
-                            time,
-                            watched: false,
-                            _permit: permit,
-                        }
-                    }
-                    Err(e) => {
-                        self.app.counters.rejections.increment(1);
-                        return Err(convert::commit_error(&e));
-                    }
-                };
-                // The acker answers once durable; a closed acker means the
-                // session is ending.
-                let _ = self.acks.send(ack);
+                let prepared = self.prepare(id, reads, writes, client, seq, depends_on, retry)?;
+                self.submit(&mut vec![prepared]);
             }
         }
         Ok(())

@@ -599,22 +599,46 @@ impl Db {
     /// its order while waiting for many syncs at once.
     pub fn submit(&self, txn: Txn) -> Result<Pending, CommitError> {
         let mut state = self.lock();
+        let was_idle = state.pending.is_empty();
+        let out = self.submit_locked(&mut state, txn);
+        if was_idle && !state.pending.is_empty() {
+            self.shared.work.notify_one();
+        }
+        out
+    }
+
+    /// [`Db::submit`] for several transactions, decided in order under one
+    /// acquisition of the lock (a pipelining connection's frame of
+    /// commits): each gets its own result, as if submitted one by one.
+    pub fn submit_all(
+        &self,
+        txns: impl IntoIterator<Item = Txn>,
+    ) -> Vec<Result<Pending, CommitError>> {
+        let mut state = self.lock();
+        let was_idle = state.pending.is_empty();
+        let out = txns
+            .into_iter()
+            .map(|txn| self.submit_locked(&mut state, txn))
+            .collect();
+        if was_idle && !state.pending.is_empty() {
+            self.shared.work.notify_one();
+        }
+        out
+    }
+
+    fn submit_locked(&self, state: &mut State, txn: Txn) -> Result<Pending, CommitError> {
         if let Some(why) = &state.failed {
             return Err(StoreError::Stopped(why.clone()).into());
         }
         let commit = Arc::new(state.engine.commit(txn, wall_ms())?);
         if !commit.changes.is_empty() {
             // The flusher sleeps only when nothing is pending (or until a
-            // batch window ends): wake it on the first record of a group,
-            // not on every one.
-            let was_idle = state.pending.is_empty();
-            append_record(&mut state, &commit);
+            // batch window ends): the caller wakes it on the first record
+            // of a group, not on every one.
+            append_record(state, &commit);
             if self.shared.feed.is_some() && !commit.deliveries.is_empty() {
                 let lsn = state.next_lsn;
                 state.unpublished.push_back((lsn, Arc::clone(&commit)));
-            }
-            if was_idle {
-                self.shared.work.notify_one();
             }
         }
         // A read-only commit logs nothing, but what it read must be durable

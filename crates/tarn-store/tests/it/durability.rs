@@ -268,3 +268,40 @@ fn submit_keeps_order_and_durable_waits_async() {
     let db = Db::open(dir.path(), options()).unwrap();
     assert_eq!(get(&db, "x"), Some(Value::Int(2)));
 }
+
+#[test]
+fn submit_all_decides_in_order_each_with_its_own_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    let first = db.submit(Txn::set(p("x"), Value::Int(1))).unwrap();
+    let seen = first.commit.time;
+    // The second overwrites x, so the third, which read x at `seen`, is
+    // rejected; the fourth does not depend on it.
+    let results = db.submit_all([
+        Txn::set(p("y"), Value::Int(1)),
+        Txn::set(p("x"), Value::Int(2)),
+        Txn::new(
+            vec![tarn_core::Read::value(p("x"), seen)],
+            vec![tarn_core::Write::Set {
+                path: p("z"),
+                value: Value::Int(3),
+            }],
+        ),
+        Txn::set(p("w"), Value::Int(4)),
+    ]);
+    assert_eq!(results.len(), 4);
+    let ok: Vec<_> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, true, false, true]);
+    let lsns: Vec<u64> = results.iter().flatten().map(|p| p.lsn).collect();
+    assert!(
+        lsns.windows(2).all(|w| w[0] < w[1]),
+        "lsns in order: {lsns:?}"
+    );
+    let last = results.iter().flatten().last().unwrap();
+    db.wait(last.lsn).unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(get(&db, "x"), Some(Value::Int(2)));
+    assert_eq!(get(&db, "z"), None);
+    assert_eq!(get(&db, "w"), Some(Value::Int(4)));
+}
