@@ -35,3 +35,8 @@ command -v moto_server
 
 step "tests (cargo test)"
 cargo test --workspace --locked
+
+step "verify: the runner catches a broken engine (feature broken-engine)"
+# A second build of the engine with its read check switched off; the
+# tarn-verify runner must report anomalies against it.
+cargo test --locked -p tarn-verify --features broken-engine --test broken
