@@ -195,6 +195,10 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Writers of one register key beyond which no real-time version order
+/// is inferred (the inference is quadratic).
+const REALTIME_WRITERS_PER_KEY: usize = 2_000;
+
 const WW: u8 = 1;
 const WR: u8 = 2;
 const RW: u8 = 4;
@@ -301,8 +305,46 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
         }
     }
 
-    // 2. What each ok transaction saw from outside, per key; internal
-    //    consistency on the way.
+    // 2. What each ok transaction saw from outside, per key, and the
+    //    values it read: garbage, aborted, intermediate, duplicated, or
+    //    its own future writes; internal consistency on the way.
+    let read_value = |found: &mut Found, reader: usize, key: u64, v: i64, at_end: bool| {
+        match sources.get(&(key, v)) {
+            None => found.add(AnomalyKind::GarbageRead, vec![reader], || {
+                format!(
+                    "{} read value {v} at key {key}, which no transaction wrote",
+                    found_op(history, reader)
+                )
+            }),
+            Some(s) if history.ops[s.op].outcome == Outcome::Fail => {
+                found.add(AnomalyKind::G1a, vec![s.op, reader], || {
+                    format!(
+                        "{} read value {v} at key {key}, written by {}, which failed",
+                        found_op(history, reader),
+                        found_op(history, s.op)
+                    )
+                });
+            }
+            Some(s) if s.op == reader => {
+                found.add(AnomalyKind::Internal, vec![reader], || {
+                    format!(
+                        "{} read value {v} at key {key} before writing it itself",
+                        found_op(history, reader)
+                    )
+                });
+            }
+            Some(s) if at_end && !s.last => {
+                found.add(AnomalyKind::G1b, vec![s.op, reader], || {
+                    format!(
+                        "{} read value {v} at key {key}, an intermediate value of {}, which wrote the key again",
+                        found_op(history, reader),
+                        found_op(history, s.op)
+                    )
+                });
+            }
+            Some(_) => {}
+        }
+    };
     let mut external: HashMap<(usize, u64), External> = HashMap::new();
     // Every full list read, for the version order.
     let mut list_reads: HashMap<u64, Vec<(usize, Vec<i64>)>> = HashMap::new();
@@ -321,6 +363,17 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
                                 .entry(*key)
                                 .or_default()
                                 .push((op.id, list.clone()));
+                            let mut seen = HashSet::new();
+                            for v in list {
+                                if !seen.insert(*v) {
+                                    found.add(AnomalyKind::DuplicateElements, vec![op.id], || {
+                                        format!(
+                                            "{} read {list:?} at key {key}: {v} appears twice",
+                                            found_op(history, op.id)
+                                        )
+                                    });
+                                }
+                            }
                             if !list.ends_with(mine) {
                                 found.add(AnomalyKind::Internal, vec![op.id], || {
                                     format!(
@@ -328,9 +381,16 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
                                         found_op(history, op.id)
                                     )
                                 });
+                                for v in list {
+                                    read_value(&mut found, op.id, *key, *v, false);
+                                }
                                 continue;
                             }
-                            External::List(list[..list.len() - mine.len()].to_vec())
+                            let prefix = &list[..list.len() - mine.len()];
+                            for (i, v) in prefix.iter().enumerate() {
+                                read_value(&mut found, op.id, *key, *v, i + 1 == prefix.len());
+                            }
+                            External::List(prefix.to_vec())
                         }
                         (Workload::RwRegister, Observed::Register(v)) => {
                             if let Some(last) = mine.last() {
@@ -343,6 +403,9 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
                                     });
                                 }
                                 continue;
+                            }
+                            if let Some(v) = v {
+                                read_value(&mut found, op.id, *key, *v, true);
                             }
                             External::Register(*v)
                         }
@@ -374,80 +437,12 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
         }
     }
 
-    // 3. Values read: garbage, aborted, intermediate.
-    let read_value = |found: &mut Found, reader: usize, key: u64, v: i64, at_end: bool| {
-        match sources.get(&(key, v)) {
-            None => found.add(AnomalyKind::GarbageRead, vec![reader], || {
-                format!(
-                    "{} read value {v} at key {key}, which no transaction wrote",
-                    found_op(history, reader)
-                )
-            }),
-            Some(s) if history.ops[s.op].outcome == Outcome::Fail => {
-                found.add(AnomalyKind::G1a, vec![s.op, reader], || {
-                    format!(
-                        "{} read value {v} at key {key}, written by {}, which failed",
-                        found_op(history, reader),
-                        found_op(history, s.op)
-                    )
-                });
-            }
-            Some(s) if at_end && !s.last && s.op != reader => {
-                found.add(AnomalyKind::G1b, vec![s.op, reader], || {
-                    format!(
-                        "{} read value {v} at key {key}, an intermediate value of {}, which wrote the key again",
-                        found_op(history, reader),
-                        found_op(history, s.op)
-                    )
-                });
-            }
-            Some(_) => {}
-        }
-    };
-    for op in history.ops.iter().filter(|o| o.outcome == Outcome::Ok) {
-        for m in &op.mops {
-            match m {
-                Mop::Read {
-                    key,
-                    value: Observed::List(list),
-                } => {
-                    let mut seen = HashSet::new();
-                    for (i, v) in list.iter().enumerate() {
-                        if !seen.insert(*v) {
-                            found.add(AnomalyKind::DuplicateElements, vec![op.id], || {
-                                format!(
-                                    "{} read {list:?} at key {key}: {v} appears twice",
-                                    found_op(history, op.id)
-                                )
-                            });
-                        }
-                        read_value(&mut found, op.id, *key, *v, i + 1 == list.len());
-                    }
-                }
-                Mop::Read {
-                    key,
-                    value: Observed::Register(Some(v)),
-                } => read_value(&mut found, op.id, *key, *v, true),
-                _ => {}
-            }
-        }
-    }
-
     // 4. Version orders and the dependency graph.
-    let mut graph: DiGraph<(), u8> = DiGraph::with_capacity(history.ops.len(), 0);
-    for _ in &history.ops {
-        graph.add_node(());
-    }
+    let mut edges: HashMap<(usize, usize), u8> = HashMap::new();
     let in_graph = |id: usize| history.ops[id].outcome != Outcome::Fail;
-    let edge = |graph: &mut DiGraph<(), u8>, from: usize, to: usize, kind: u8| {
+    let edge = |edges: &mut HashMap<(usize, usize), u8>, from: usize, to: usize, kind: u8| {
         if from != to && in_graph(from) && in_graph(to) {
-            let (a, b) = (NodeIndex::new(from), NodeIndex::new(to));
-            match graph.find_edge(a, b) {
-                Some(e) => graph[e] |= kind,
-                None => {
-                    graph.add_edge(a, b, kind);
-                }
-            }
+            *edges.entry((from, to)).or_insert(0) |= kind;
         }
     };
     let writer = |key: u64, v: i64| sources.get(&(key, v)).map(|s| s.op);
@@ -479,15 +474,19 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
             for (key, order) in &orders {
                 for pair in order.windows(2) {
                     if let (Some(a), Some(b)) = (writer(*key, pair[0]), writer(*key, pair[1])) {
-                        edge(&mut graph, a, b, WW);
+                        edge(&mut edges, a, b, WW);
                     }
                 }
             }
             // Committed appends no read shows come after every read
             // version, in an unknown order.
+            let shown: HashMap<u64, HashSet<i64>> = orders
+                .iter()
+                .map(|(k, o)| (*k, o.iter().copied().collect()))
+                .collect();
             let mut unread: HashMap<u64, Vec<usize>> = HashMap::new();
             for ((key, value), s) in &sources {
-                let shown = orders.get(key).is_some_and(|o| o.contains(value));
+                let shown = shown.get(key).is_some_and(|o| o.contains(value));
                 if !shown && history.ops[s.op].outcome == Outcome::Ok {
                     unread.entry(*key).or_default().push(s.op);
                 }
@@ -497,17 +496,17 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
                     continue;
                 };
                 if let Some(w) = prefix.last().and_then(|v| writer(*key, *v)) {
-                    edge(&mut graph, w, *reader, WR);
+                    edge(&mut edges, w, *reader, WR);
                 }
                 match orders.get(key).and_then(|o| o.get(prefix.len())) {
                     Some(next) => {
                         if let Some(w) = writer(*key, *next) {
-                            edge(&mut graph, *reader, w, RW);
+                            edge(&mut edges, *reader, w, RW);
                         }
                     }
                     None => {
                         for w in unread.get(key).into_iter().flatten() {
-                            edge(&mut graph, *reader, *w, RW);
+                            edge(&mut edges, *reader, *w, RW);
                         }
                     }
                 }
@@ -535,12 +534,44 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
                     writers_of.entry(*key).or_default().push(s.op);
                 }
             }
+            // Strict serializability orders the versions of writes that
+            // follow one another in real time: an ok write completed
+            // before another was invoked installed the older version.
+            // Quadratic per key, so only for keys of a bounded number of
+            // writers (keys rotate; a key with more gets no such order).
+            if options.strict {
+                for (key, writers) in &writers_of {
+                    if writers.len() > REALTIME_WRITERS_PER_KEY {
+                        continue;
+                    }
+                    let last_write = |op: usize| {
+                        history.ops[op].mops.iter().rev().find_map(|m| match m {
+                            Mop::Write { key: k, value } if k == key => Some(*value),
+                            _ => None,
+                        })
+                    };
+                    for a in writers {
+                        let oa = &history.ops[*a];
+                        let Some(done) = oa.completed_ns.filter(|_| oa.outcome == Outcome::Ok)
+                        else {
+                            continue;
+                        };
+                        for b in writers {
+                            if history.ops[*b].invoked_ns > done
+                                && let (Some(v1), Some(v2)) = (last_write(*a), last_write(*b))
+                            {
+                                successors.entry((*key, Some(v1))).or_default().push(v2);
+                            }
+                        }
+                    }
+                }
+            }
             for ((key, v1), nexts) in &successors {
                 for v2 in nexts {
                     if let (Some(v1), Some(b)) = (v1, writer(*key, *v2))
                         && let Some(a) = writer(*key, *v1)
                     {
-                        edge(&mut graph, a, b, WW);
+                        edge(&mut edges, a, b, WW);
                     }
                 }
             }
@@ -551,18 +582,18 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
                 match v {
                     Some(v) => {
                         if let Some(w) = writer(*key, *v) {
-                            edge(&mut graph, w, *reader, WR);
+                            edge(&mut edges, w, *reader, WR);
                         }
                         for next in successors.get(&(*key, Some(*v))).into_iter().flatten() {
                             if let Some(w) = writer(*key, *next) {
-                                edge(&mut graph, *reader, w, RW);
+                                edge(&mut edges, *reader, w, RW);
                             }
                         }
                     }
                     // Read the initial state: before every write of the key.
                     None => {
                         for w in writers_of.get(key).into_iter().flatten() {
-                            edge(&mut graph, *reader, *w, RW);
+                            edge(&mut edges, *reader, *w, RW);
                         }
                     }
                 }
@@ -572,26 +603,29 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
 
     // 5. Lost updates: two committed transactions that read the same
     //    version of a key and both wrote it.
-    let mut by_version: BTreeMap<(u64, String), Vec<usize>> = BTreeMap::new();
+    // A list version is its length and last element; a register's, its
+    // value.
+    let mut by_version: BTreeMap<(u64, usize, Option<i64>), Vec<usize>> = BTreeMap::new();
     for ((op, key), ext) in &external {
         let writes_key = history.ops[*op].mops.iter().any(|m| match m {
             Mop::Append { key: k, .. } | Mop::Write { key: k, .. } => k == key,
             Mop::Read { .. } => false,
         });
         if writes_key {
-            by_version
-                .entry((*key, format!("{ext:?}")))
-                .or_default()
-                .push(*op);
+            let version = match ext {
+                External::List(l) => (*key, l.len(), l.last().copied()),
+                External::Register(v) => (*key, 0, *v),
+            };
+            by_version.entry(version).or_default().push(*op);
         }
     }
-    for ((key, version), mut ops) in by_version {
+    for ((key, _, _), mut ops) in by_version {
         if ops.len() > 1 {
             ops.sort_unstable();
             found.add(AnomalyKind::LostUpdate, ops.clone(), || {
                 let names: Vec<String> = ops.iter().map(|o| found_op(history, *o)).collect();
                 format!(
-                    "key {key}: {} all read {version} and wrote the key; one update is lost",
+                    "key {key}: {} all read the same version and wrote the key; one update is lost",
                     names.join(" and ")
                 )
             });
@@ -599,42 +633,66 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
     }
 
     // 6. Lost acknowledged writes: missing from the final read.
+    let mut finals: HashMap<u64, (usize, Option<HashSet<i64>>)> = HashMap::new();
     for fin in history
         .ops
         .iter()
         .filter(|o| o.final_read && o.outcome == Outcome::Ok)
     {
         for m in &fin.mops {
-            let Mop::Read { key, value } = m else {
-                continue;
-            };
-            for op in history.ops.iter().filter(|o| o.outcome == Outcome::Ok) {
-                for w in &op.mops {
-                    let lost = match (w, value) {
-                        (Mop::Append { key: k, value: v }, Observed::List(list)) if k == key => {
-                            !list.contains(v)
-                        }
-                        (Mop::Write { key: k, .. }, Observed::Register(None)) if k == key => true,
-                        _ => false,
-                    };
-                    if lost {
-                        found.add(AnomalyKind::LostAckedWrite, vec![op.id, fin.id], || {
-                            format!(
-                                "{} was acknowledged, but its `{w}` is missing from the final read {}",
-                                found_op(history, op.id),
-                                found_op(history, fin.id)
-                            )
-                        });
-                    }
+            match m {
+                Mop::Read {
+                    key,
+                    value: Observed::List(list),
+                } => {
+                    finals.insert(*key, (fin.id, Some(list.iter().copied().collect())));
                 }
+                // A register's final value: only its absence proves a loss.
+                Mop::Read {
+                    key,
+                    value: Observed::Register(None),
+                } => {
+                    finals.insert(*key, (fin.id, None));
+                }
+                _ => {}
+            }
+        }
+    }
+    for op in history.ops.iter().filter(|o| o.outcome == Outcome::Ok) {
+        for w in &op.mops {
+            let lost = match w {
+                Mop::Append { key, value } => finals
+                    .get(key)
+                    .filter(|(_, shown)| shown.as_ref().is_some_and(|s| !s.contains(value))),
+                Mop::Write { key, .. } => finals.get(key).filter(|(_, shown)| shown.is_none()),
+                Mop::Read { .. } => None,
+            };
+            if let Some((fin, _)) = lost {
+                let fin = *fin;
+                found.add(AnomalyKind::LostAckedWrite, vec![op.id, fin], || {
+                    format!(
+                        "{} was acknowledged, but its `{w}` is missing from the final read {}",
+                        found_op(history, op.id),
+                        found_op(history, fin)
+                    )
+                });
             }
         }
     }
 
     // 7. Cycles.
-    cycles(&mut found, &graph);
+    let mut graph: DiGraph<(), u8> = DiGraph::with_capacity(history.ops.len(), edges.len());
+    for _ in &history.ops {
+        graph.add_node(());
+    }
+    let mut edges: Vec<_> = edges.into_iter().collect();
+    edges.sort_unstable();
+    for ((a, b), kind) in edges {
+        graph.add_edge(NodeIndex::new(a), NodeIndex::new(b), kind);
+    }
+    let explained = cycles(&mut found, &graph);
     if options.strict {
-        realtime(&mut found, &mut graph);
+        realtime(&mut found, &mut graph, &explained);
     }
     Ok(found.report)
 }
@@ -721,7 +779,9 @@ fn cycle_through(
     Some(steps)
 }
 
-fn cycles(found: &mut Found, graph: &DiGraph<(), u8>) {
+/// Reports the cycles without real-time edges; returns each node's
+/// strongly connected component (of ww, wr and rw edges) that holds one.
+fn cycles(found: &mut Found, graph: &DiGraph<(), u8>) -> HashMap<NodeIndex, usize> {
     let searches = found.options.max_searches;
     // G0: write-write only.
     for scc in sccs(graph, WW) {
@@ -753,7 +813,9 @@ fn cycles(found: &mut Found, graph: &DiGraph<(), u8>) {
         }
     }
     // G-single (exactly one rw) and G2 (more).
-    for scc in sccs(graph, WW | WR | RW) {
+    let mut explained = HashMap::new();
+    for (i, scc) in sccs(graph, WW | WR | RW).into_iter().enumerate() {
+        explained.extend(scc.iter().map(|n| (*n, i)));
         let within: HashSet<_> = scc.iter().copied().collect();
         let rws: Vec<(NodeIndex, NodeIndex)> = scc
             .iter()
@@ -787,17 +849,17 @@ fn cycles(found: &mut Found, graph: &DiGraph<(), u8>) {
             found.add(AnomalyKind::G2, ops, || text);
         }
     }
+    explained
 }
 
 /// Strict serializability: adds real-time edges (an `ok` transaction
 /// before every transaction invoked after it completed) as a chain of
 /// time nodes, then looks for cycles through them.
-fn realtime(found: &mut Found, graph: &mut DiGraph<(), u8>) {
+fn realtime(found: &mut Found, graph: &mut DiGraph<(), u8>, explained: &HashMap<NodeIndex, usize>) {
     let history = found.history;
     let ops = graph.node_count();
     // Direct inversions first: a dependency on a transaction invoked only
     // after this one completed.
-    let mut direct: HashSet<NodeIndex> = HashSet::new();
     let mut inversions = Vec::new();
     for e in graph.edge_references() {
         let (a, b) = (e.source().index(), e.target().index());
@@ -810,8 +872,6 @@ fn realtime(found: &mut Found, graph: &mut DiGraph<(), u8>) {
         }
     }
     for (a, b, kind) in inversions {
-        direct.insert(NodeIndex::new(a));
-        direct.insert(NodeIndex::new(b));
         let anomaly = if kind & (WW | WR) != 0 {
             AnomalyKind::G1cRealtime
         } else {
@@ -850,7 +910,14 @@ fn realtime(found: &mut Found, graph: &mut DiGraph<(), u8>) {
         }
     }
     for scc in sccs(graph, WW | WR | RW | RT) {
-        if scc.iter().any(|n| direct.contains(n)) {
+        // Transactions all in one cycle already reported without time:
+        // nothing new.
+        let mut components = scc
+            .iter()
+            .filter(|n| n.index() < ops)
+            .map(|n| explained.get(n));
+        let first = components.next().flatten();
+        if first.is_some() && components.all(|c| c == first) {
             continue;
         }
         let within: HashSet<_> = scc.iter().copied().collect();

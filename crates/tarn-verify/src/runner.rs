@@ -256,6 +256,13 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         .data_dir
         .clone()
         .unwrap_or_else(|| temp.path().join("data"));
+    // The checker knows only the values this run wrote.
+    if std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "{} is not empty; the runner needs a fresh data directory",
+            data.display()
+        );
+    }
     let (program, prefix) = match &options.server_bin {
         Some(bin) => (bin.clone(), Vec::new()),
         None => (
@@ -374,40 +381,21 @@ async fn drive(options: &RunOptions, server: &mut Server, url: &str) -> Result<R
         }));
     }
 
-    // The nemesis.
+    // The nemesis. If it fails (the server does not come back), stop
+    // every task before returning the error.
     let mut faults: BTreeMap<Fault, usize> = BTreeMap::new();
-    let mut rng = StdRng::seed_from_u64(options.seed);
-    while !options.faults.is_empty() {
-        let mean = options.fault_interval.as_millis().max(2) as u64;
-        let wait = Duration::from_millis(rng.random_range(mean / 2..=mean * 3 / 2));
-        let now = Instant::now();
-        if now + wait >= deadline {
-            break;
+    if let Err(e) = nemesis(options, server, &slow, deadline, &mut faults, |f| {
+        tick(&progress, &done_ops, start, f)
+    })
+    .await
+    {
+        for p in &processes {
+            p.abort();
         }
-        tick(&progress, &done_ops, start, &faults);
-        tokio::time::sleep(wait).await;
-        let fault = options.faults[rng.random_range(0..options.faults.len())];
-        match fault {
-            Fault::Kill => {
-                server.kill9().await?;
-                server.start().await?;
-            }
-            Fault::Pause => {
-                server.signal(Signal::SIGSTOP)?;
-                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
-                server.signal(Signal::SIGCONT)?;
-            }
-            Fault::Restart => {
-                server.stop().await?;
-                server.start().await?;
-            }
-            Fault::Slow => {
-                for (i, s) in slow.iter().enumerate() {
-                    s.store(i % 4 == rng.random_range(0..4usize) % 4, Ordering::Relaxed);
-                }
-            }
+        for (_, task) in &subscribers {
+            task.abort();
         }
-        *faults.entry(fault).or_insert(0) += 1;
+        return Err(e);
     }
     for p in processes {
         while !p.is_finished() {
@@ -481,6 +469,52 @@ async fn drive(options: &RunOptions, server: &mut Server, url: &str) -> Result<R
         errors,
         history,
     })
+}
+
+/// Injects faults until `deadline`, counting them into `faults`.
+async fn nemesis(
+    options: &RunOptions,
+    server: &mut Server,
+    slow: &[AtomicBool],
+    deadline: Instant,
+    faults: &mut BTreeMap<Fault, usize>,
+    tick: impl Fn(&BTreeMap<Fault, usize>),
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    while !options.faults.is_empty() {
+        let mean = options.fault_interval.as_millis().max(2) as u64;
+        let wait = Duration::from_millis(rng.random_range(mean / 2..=mean * 3 / 2));
+        let now = Instant::now();
+        if now + wait >= deadline {
+            break;
+        }
+        tick(faults);
+        tokio::time::sleep(wait).await;
+        let fault = options.faults[rng.random_range(0..options.faults.len())];
+        match fault {
+            Fault::Kill => {
+                server.kill9().await?;
+                server.start().await?;
+            }
+            Fault::Pause => {
+                server.signal(Signal::SIGSTOP)?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+                server.signal(Signal::SIGCONT)?;
+            }
+            Fault::Restart => {
+                server.stop().await?;
+                server.start().await?;
+            }
+            Fault::Slow => {
+                // About a quarter of the clients, chosen afresh each time.
+                for s in slow {
+                    s.store(rng.random_bool(0.25), Ordering::Relaxed);
+                }
+            }
+        }
+        *faults.entry(fault).or_insert(0) += 1;
+    }
+    Ok(())
 }
 
 fn progress_bar(options: &RunOptions) -> Option<indicatif::ProgressBar> {

@@ -194,11 +194,12 @@ pub fn outcome_of(error: &Error) -> Outcome {
             | ErrorCode::BadRequest
             | ErrorCode::BadPath
             | ErrorCode::BadValue
-            | ErrorCode::BadTransaction
-            | ErrorCode::TooLarge
-            | ErrorCode::RateLimited => Outcome::Fail,
-            // `unknown_outcome`, `unavailable`, `internal` and the rest:
-            // the commit may have been decided.
+            | ErrorCode::TooLarge => Outcome::Fail,
+            // `rate_limited` can answer a resent commit before the server
+            // looks up its id, and `bad_transaction` carries "out of
+            // order" for a resent id older than the outcomes kept: either
+            // may have committed. So may anything else (`unknown_outcome`,
+            // `unavailable`, `internal`).
             _ => Outcome::Info,
         },
         Error::Connect { .. } | Error::Closed => Outcome::Info,

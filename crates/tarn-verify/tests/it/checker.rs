@@ -366,3 +366,41 @@ proptest! {
         prop_assert!(!report.is_valid(), "a stale read went unnoticed");
     }
 }
+
+#[test]
+fn reading_ones_own_future_write_is_internal() {
+    let lists = concurrent(Workload::ListAppend, vec![ok(vec![r(1, &[5]), a(1, 5)])]);
+    assert_names(&lists, AnomalyKind::Internal);
+    let registers = concurrent(
+        Workload::RwRegister,
+        vec![ok(vec![rr(1, Some(5)), w(1, 5)])],
+    );
+    assert_names(&registers, AnomalyKind::Internal);
+}
+
+#[test]
+fn an_intermediate_read_is_found_before_the_readers_own_appends() {
+    // T1 saw T0's first append, then its own: the list ends with its own
+    // value, but what it saw from outside ends at T0's intermediate one.
+    let h = concurrent(
+        Workload::ListAppend,
+        vec![ok(vec![a(1, 1), a(1, 2)]), ok(vec![a(1, 3), r(1, &[1, 3])])],
+    );
+    assert_names(&h, AnomalyKind::G1b);
+}
+
+#[test]
+fn a_register_read_missing_an_earlier_blind_write_is_stale() {
+    // w 1 completes, then w 2 completes, then a read sees 1.
+    let mut h = History::new(Workload::RwRegister);
+    h.push(0, Outcome::Ok, vec![w(1, 1)], 0, Some(10));
+    h.push(1, Outcome::Ok, vec![w(1, 2)], 20, Some(30));
+    h.push(2, Outcome::Ok, vec![rr(1, Some(1))], 40, Some(50));
+    assert_names(&h, AnomalyKind::StaleRead);
+    // Concurrent writes: either order is fine.
+    let mut ok_h = History::new(Workload::RwRegister);
+    ok_h.push(0, Outcome::Ok, vec![w(1, 1)], 0, Some(30));
+    ok_h.push(1, Outcome::Ok, vec![w(1, 2)], 5, Some(35));
+    ok_h.push(2, Outcome::Ok, vec![rr(1, Some(1))], 40, Some(50));
+    assert_eq!(kinds(&ok_h), Vec::<AnomalyKind>::new());
+}
