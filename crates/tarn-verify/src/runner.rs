@@ -123,12 +123,17 @@ impl RunReport {
     /// The `verify.*` lines.
     pub fn lines(&self) -> Vec<String> {
         let faults: usize = self.faults.values().sum();
+        let by_kind: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(f, n)| format!("{} {n}", f.name()))
+            .collect();
         vec![
             format!("verify.ops {}", self.report.ops),
             format!("verify.ok {}", self.report.ok),
             format!("verify.fail {}", self.report.fail),
             format!("verify.info {}", self.report.info),
-            format!("verify.faults {faults}"),
+            format!("verify.faults {faults} ({})", by_kind.join(", ")),
             format!("verify.watch_updates {}", self.watches.updates),
             format!("verify.watch_resyncs {}", self.watches.resyncs),
             format!("verify.watch_anomalies {}", self.watches.anomalies()),
