@@ -390,9 +390,15 @@ fn a_read_of_a_predicted_value_depends_on_it() {
         // attempt is rejected. T2 reads q meanwhile and writes r = q + 1.
         // If T2 read T1's predicted q = 10, it depends on T1 and must be
         // rejected with it: r = 11 must never commit. Repeated until T2
-        // has read a prediction at least once.
+        // has read a prediction at least once: whether T2's read is
+        // answered before T1's rejection arrives is a race, so this runs
+        // many rounds (each a few milliseconds) until it has happened.
         let mut exercised = 0;
-        for round in 0..30 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for round in 0..1000 {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
             let (p, q, r) = (
                 format!("d{round}/p"),
                 format!("d{round}/q"),
@@ -400,21 +406,36 @@ fn a_read_of_a_predicted_value_depends_on_it() {
             );
             a.set(&p, Value::Int(1)).await.unwrap();
             let gate = Arc::new(tokio::sync::Notify::new());
+            let proceed = Arc::new(tokio::sync::Notify::new());
             let first = Arc::new(AtomicBool::new(true));
             let t1 = {
-                let (a, b, gate, first) = (a.clone(), b.clone(), gate.clone(), first.clone());
+                let (a, b, gate, proceed, first) = (
+                    a.clone(),
+                    b.clone(),
+                    gate.clone(),
+                    proceed.clone(),
+                    first.clone(),
+                );
                 let (p, q) = (p.clone(), q.clone());
                 tokio::spawn(async move {
                     a.transact(move |tx| {
-                        let (b, gate, first) = (b.clone(), gate.clone(), first.clone());
+                        let (b, gate, proceed, first) =
+                            (b.clone(), gate.clone(), proceed.clone(), first.clone());
                         let (p, q) = (p.clone(), q.clone());
                         Box::pin(async move {
                             let v = int(&tx.get(&p).await?);
-                            if first.swap(false, Ordering::SeqCst) {
+                            let once = first.swap(false, Ordering::SeqCst);
+                            if once {
                                 b.set(&p, Value::Int(2)).await?;
                             }
                             tx.set(&q, Value::Int(v * 10))?;
-                            gate.notify_one();
+                            if once {
+                                // T2 sends its read first; T1's commit
+                                // follows, so its rejection comes back
+                                // at least a round trip after T2's answer.
+                                gate.notify_one();
+                                proceed.notified().await;
+                            }
                             Ok(())
                         })
                     })
@@ -437,6 +458,11 @@ fn a_read_of_a_predicted_value_depends_on_it() {
                     })
                 })
             };
+            let mut t2 = Box::pin(t2);
+            // The first poll queues T2's read of q; then T1 commits.
+            let polled = futures_util::poll!(t2.as_mut());
+            assert!(polled.is_pending(), "T2 waits for its read");
+            proceed.notify_one();
             t2.await.unwrap();
             t1.await.unwrap().unwrap();
             let reads = reads.lock().unwrap().clone();
