@@ -357,30 +357,7 @@ impl Session {
                 );
                 continue;
             }
-            let result = match req {
-                Request::Commit {
-                    id,
-                    reads,
-                    writes,
-                    client,
-                    seq,
-                    depends_on,
-                    retry,
-                } => {
-                    // Whether a retry's client is known depends on the
-                    // commits before it: decide those first.
-                    if retry {
-                        self.submit(&mut batch);
-                    }
-                    self.prepare(id, reads, writes, client, seq, depends_on, retry)
-                        .map(|p| batch.push(p))
-                }
-                req => {
-                    self.submit(&mut batch);
-                    self.handle(req).await
-                }
-            };
-            if let Err(error) = result {
+            if let Err(error) = self.handle(req, &mut batch).await {
                 self.error(id, error);
             }
         }
@@ -489,7 +466,13 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, req: Request) -> Result<(), ErrorBody> {
+    /// Handles one request. A commit joins `batch`, decided with the
+    /// commits after it in the frame; anything else first decides the
+    /// batch, so requests take effect in arrival order.
+    async fn handle(&mut self, req: Request, batch: &mut Vec<Prepared>) -> Result<(), ErrorBody> {
+        if !matches!(req, Request::Commit { .. }) {
+            self.submit(batch);
+        }
         match req {
             Request::Hello { id, version, .. } => {
                 if version != PROTOCOL_VERSION {
@@ -565,8 +548,12 @@ impl Session {
                 depends_on,
                 retry,
             } => {
-                let prepared = self.prepare(id, reads, writes, client, seq, depends_on, retry)?;
-                self.submit(&mut vec![prepared]);
+                // Whether a retry's client is known depends on the
+                // commits before it: decide those first.
+                if retry {
+                    self.submit(batch);
+                }
+                batch.push(self.prepare(id, reads, writes, client, seq, depends_on, retry)?);
             }
         }
         Ok(())
