@@ -124,6 +124,49 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// What `tarn serve` runs: logs to stderr (`RUST_LOG`, default `info`),
+/// serves `config` until SIGINT or SIGTERM, then shuts down cleanly.
+/// Once listening it prints `tarn listening on http://ADDR` on stdout:
+/// scripts and tests wait for that line.
+pub fn serve_main(config: ServerConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(config, shutdown_signal(), |addr| {
+        println!("tarn listening on http://{addr}");
+    }))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("tarn: shutting down (flushing the write-ahead log)");
+}
+
 /// Opens the database, serves until `shutdown` completes, then closes
 /// every connection and flushes the WAL. `ready` is called with the bound
 /// address once the server accepts connections.

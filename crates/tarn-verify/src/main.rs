@@ -202,29 +202,8 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// The server exactly as `tarn serve` runs it (config from the
 /// environment, defaults otherwise), on `data` and `listen`.
 fn serve(data: PathBuf, listen: std::net::SocketAddr) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let mut config = tarn_server::ServerConfig::load(None)?;
     config.data_dir = data;
     config.listen = listen;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(tarn_server::run(
-        config,
-        async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-            }
-        },
-        |addr| println!("tarn listening on http://{addr}"),
-    ))
+    tarn_server::serve_main(config)
 }

@@ -205,14 +205,3 @@ pub fn outcome_of(error: &Error) -> Outcome {
         Error::Connect { .. } | Error::Closed => Outcome::Info,
     }
 }
-
-/// Reads every key below `keys` in one transaction: the final read.
-pub async fn read_all(client: &Client, workload: Workload, keys: u64) -> Result<Vec<Mop>, Error> {
-    let mops: Vec<Mop> = (0..keys)
-        .map(|key| Mop::Read {
-            key,
-            value: Observed::Unknown,
-        })
-        .collect();
-    execute(client, workload, &mops, None).await
-}

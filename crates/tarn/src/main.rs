@@ -69,13 +69,6 @@ fn serve(
     config: Option<PathBuf>,
     recover: bool,
 ) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let mut config = tarn_server::ServerConfig::load(config.as_deref())?;
     if let Some(data) = data {
         config.data_dir = data;
@@ -84,34 +77,5 @@ fn serve(
         config.listen = listen;
     }
     config.wal.recover |= recover;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(tarn_server::run(config, shutdown_signal(), |addr| {
-        // Scripts and tests wait for this line.
-        println!("tarn listening on http://{addr}");
-    }))
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    eprintln!("tarn: shutting down (flushing the write-ahead log)");
+    tarn_server::serve_main(config)
 }
