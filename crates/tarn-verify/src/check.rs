@@ -634,28 +634,16 @@ pub fn check(history: &History, options: CheckOptions) -> anyhow::Result<Report>
 
     // 6. Lost acknowledged writes: missing from the final read.
     let mut finals: HashMap<u64, (usize, Option<HashSet<i64>>)> = HashMap::new();
-    for fin in history
-        .ops
-        .iter()
-        .filter(|o| o.final_read && o.outcome == Outcome::Ok)
-    {
-        for m in &fin.mops {
-            match m {
-                Mop::Read {
-                    key,
-                    value: Observed::List(list),
-                } => {
-                    finals.insert(*key, (fin.id, Some(list.iter().copied().collect())));
-                }
-                // A register's final value: only its absence proves a loss.
-                Mop::Read {
-                    key,
-                    value: Observed::Register(None),
-                } => {
-                    finals.insert(*key, (fin.id, None));
-                }
-                _ => {}
+    for (fin, key, value) in history.final_reads() {
+        match value {
+            Observed::List(list) => {
+                finals.insert(key, (fin, Some(list.iter().copied().collect())));
             }
+            // A register's final value: only its absence proves a loss.
+            Observed::Register(None) => {
+                finals.insert(key, (fin, None));
+            }
+            _ => {}
         }
     }
     for op in history.ops.iter().filter(|o| o.outcome == Outcome::Ok) {

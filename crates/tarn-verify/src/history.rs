@@ -220,6 +220,20 @@ impl History {
         id
     }
 
+    /// What the final read (every `ok` operation marked
+    /// [`Op::final_read`]) saw of each key, with the operation's id.
+    pub fn final_reads(&self) -> impl Iterator<Item = (usize, u64, &Observed)> {
+        self.ops
+            .iter()
+            .filter(|o| o.final_read && o.outcome == Outcome::Ok)
+            .flat_map(|o| {
+                o.mops.iter().filter_map(move |m| match m {
+                    Mop::Read { key, value } => Some((o.id, *key, value)),
+                    _ => None,
+                })
+            })
+    }
+
     /// Reads a history written by [`History::to_json_lines`].
     pub fn from_json_lines(text: &str) -> anyhow::Result<History> {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tarn_client::{Client, Time, UpdateKind, Value};
 
-use crate::history::{History, Mop, Observed, Outcome, Workload};
+use crate::history::{History, Mop, Observed, Workload};
 use crate::workload::{key_of, observe, prefix};
 
 /// One update as a subscriber received it.
@@ -152,29 +152,21 @@ impl WatchReport {
 pub fn check(history: &History, logs: &[Log]) -> WatchReport {
     let mut report = WatchReport::default();
     // The final state of each key, and who appended each value.
-    let mut finals: HashMap<u64, Vec<i64>> = HashMap::new();
+    let finals: HashMap<u64, Vec<i64>> = history
+        .final_reads()
+        .filter_map(|(_, key, value)| match value {
+            Observed::List(l) => Some((key, l.clone())),
+            Observed::Register(v) => Some((key, v.iter().copied().collect())),
+            Observed::Unknown => None,
+        })
+        .collect();
     let mut writers: HashMap<(u64, i64), usize> = HashMap::new();
     let mut appends: HashMap<(usize, u64), Vec<i64>> = HashMap::new();
     for op in &history.ops {
         for m in &op.mops {
-            match m {
-                Mop::Read {
-                    key,
-                    value: Observed::List(l),
-                } if op.final_read && op.outcome == Outcome::Ok => {
-                    finals.insert(*key, l.clone());
-                }
-                Mop::Read {
-                    key,
-                    value: Observed::Register(v),
-                } if op.final_read && op.outcome == Outcome::Ok => {
-                    finals.insert(*key, v.iter().copied().collect());
-                }
-                Mop::Append { key, value } | Mop::Write { key, value } => {
-                    writers.insert((*key, *value), op.id);
-                    appends.entry((op.id, *key)).or_default().push(*value);
-                }
-                Mop::Read { .. } => {}
+            if let Mop::Append { key, value } | Mop::Write { key, value } = m {
+                writers.insert((*key, *value), op.id);
+                appends.entry((op.id, *key)).or_default().push(*value);
             }
         }
     }
@@ -275,20 +267,10 @@ pub fn check(history: &History, logs: &[Log]) -> WatchReport {
 /// True when every subscriber shows the final state of every key (what
 /// the runner waits for before checking).
 pub fn caught_up(history: &History, logs: &[Log]) -> bool {
-    let finals: Vec<(u64, Observed)> = history
-        .ops
-        .iter()
-        .filter(|o| o.final_read && o.outcome == Outcome::Ok)
-        .flat_map(|o| o.mops.iter())
-        .filter_map(|m| match m {
-            Mop::Read { key, value } => Some((*key, value.clone())),
-            _ => None,
-        })
-        .collect();
     logs.iter().all(|log| {
         let latest = log.latest();
-        finals.iter().all(|(key, want)| {
-            let got = latest.get(key).cloned().unwrap_or(Value::Null);
+        history.final_reads().all(|(_, key, want)| {
+            let got = latest.get(&key).cloned().unwrap_or(Value::Null);
             observe(history.workload, &got).as_ref() == Ok(want)
         })
     })
