@@ -32,6 +32,9 @@ if ! command -v moto_server >/dev/null 2>&1; then
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 command -v moto_server
+# The peers of `tarn bench compare` (redis, etcd, NATS, PostgreSQL), for its
+# test in crates/tarn/tests/it/bench.rs.
+./scripts/bench-deps.sh
 
 step "tests (cargo test)"
 cargo test --workspace --locked

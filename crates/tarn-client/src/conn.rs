@@ -65,7 +65,9 @@ async fn connect(url: &str) -> Result<Ws, String> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     let protocol = MSGPACK_SUBPROTOCOL.parse().map_err(|e| format!("{e}"))?;
     req.headers_mut().insert("sec-websocket-protocol", protocol);
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+    // TCP_NODELAY (`disable_nagle`): commits and reads are small writes
+    // that must leave at once.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)

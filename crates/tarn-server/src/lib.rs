@@ -218,6 +218,14 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let mut stopping = app.shutdown.clone();
+    // TCP_NODELAY: pushes and answers are small writes that must leave at
+    // once; with Nagle's algorithm one waits for the previous one's ACK,
+    // which a delayed ACK holds back up to 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
+        }
+    });
     let serve = axum::serve(listener, router(Arc::clone(&app))).with_graceful_shutdown(shutdown);
     tokio::select! {
         served = serve => served.context("serving")?,

@@ -16,9 +16,10 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     area: Area,
-    /// How long to run each workload, in milliseconds.
-    #[arg(long, default_value_t = 2_000)]
-    duration_ms: u64,
+    /// How long to run each workload, in milliseconds (default 2000;
+    /// `compare --quick`: 500).
+    #[arg(long)]
+    duration_ms: Option<u64>,
     /// Size of the WAL written for the replay figure, in MiB (`store`).
     #[arg(long, default_value_t = 1024)]
     replay_mib: u64,
@@ -32,6 +33,27 @@ pub struct BenchArgs {
     /// Also measure a peer in the same run (`server`: `redis`).
     #[arg(long)]
     vs: Option<String>,
+    /// `compare`: a short run (fewer subscribers, writes and data; still
+    /// `--runs` alternating runs) to check the suite works.
+    #[arg(long)]
+    quick: bool,
+    /// `compare`: only these workloads (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<crate::compare::Workload>,
+    /// `compare`: alternating runs per figure; figures quoted need >= 5.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// `compare`: data for the recovery workload, in MiB (default 1024;
+    /// `--quick`: 32).
+    #[arg(long)]
+    recovery_mib: Option<u64>,
+    /// `compare`: where the report (compare.md, compare-latency.png) goes.
+    #[arg(long, default_value = "bench-results")]
+    out: std::path::PathBuf,
+    /// `compare`: run tarn under `perf record`, a profile per workload in
+    /// `<out>/raw/perf-<workload>.data` (see README, Profiling).
+    #[arg(long)]
+    perf: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -42,6 +64,9 @@ enum Area {
     Store,
     /// The server over its WebSocket protocol, on loopback.
     Server,
+    /// tarn against redis, etcd, NATS and PostgreSQL in the same run:
+    /// sets, durable transactions, fan-out, watch latency, recovery.
+    Compare,
     /// tarn-client against a server in this process: transactions,
     /// prediction.
     Client,
@@ -53,7 +78,8 @@ enum Area {
 
 /// Runs the benchmarks of one area.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let duration = Duration::from_millis(args.duration_ms.max(1));
+    let default_ms = if args.quick { 500 } else { 2_000 };
+    let duration = Duration::from_millis(args.duration_ms.unwrap_or(default_ms).max(1));
     match args.area {
         Area::Core => {
             let mut workloads: Vec<Box<dyn Workload>> = vec![
@@ -87,6 +113,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
             crate::bench_server::run(duration, vs_redis)?
         }
         Area::Client => crate::bench_client::run(duration)?,
+        Area::Compare => {
+            anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+            let default_mib = if args.quick { 32 } else { 1024 };
+            crate::compare::run(crate::compare::Options {
+                quick: args.quick,
+                runs: args.runs,
+                duration,
+                recovery_bytes: args.recovery_mib.unwrap_or(default_mib).max(1) << 20,
+                only: args.only,
+                out: args.out,
+                perf: args.perf,
+                command: std::iter::once("tarn".to_string())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            })?
+        }
         Area::ReplayProbe => crate::bench_store::replay_probe(&args.dir)?,
     }
     Ok(())

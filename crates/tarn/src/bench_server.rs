@@ -72,21 +72,25 @@ pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
 /// Rounds of alternating tarn and redis runs with `--vs redis`.
 const ROUNDS: usize = 3;
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
-async fn connect(addr: SocketAddr) -> Result<Ws> {
+pub(crate) async fn connect(addr: SocketAddr) -> Result<Ws> {
     let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
     req.headers_mut().insert(
         "sec-websocket-protocol",
         tarn_proto::MSGPACK_SUBPROTOCOL.parse()?,
     );
-    Ok(tokio_tungstenite::connect_async(req).await?.0)
+    Ok(
+        tokio_tungstenite::connect_async_with_config(req, None, true)
+            .await?
+            .0,
+    )
 }
 
-fn set(id: u64, path: &str, v: i64) -> Request {
+pub(crate) fn set(id: u64, path: &str, v: i64) -> Request {
     Request::Commit {
         client: None,
         seq: None,
@@ -103,25 +107,25 @@ fn set(id: u64, path: &str, v: i64) -> Request {
 
 /// A connection and the messages of its last frame not yet taken (a
 /// MessagePack frame may carry several).
-struct Conn {
+pub(crate) struct Conn {
     ws: Ws,
     unread: std::collections::VecDeque<Response>,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn> {
+    pub(crate) async fn open(addr: SocketAddr) -> Result<Conn> {
         Ok(Conn {
             ws: connect(addr).await?,
             unread: Default::default(),
         })
     }
 
-    async fn send(&mut self, req: &Request) -> Result<()> {
+    pub(crate) async fn send(&mut self, req: &Request) -> Result<()> {
         let frame = Codec::MsgPack.encode_request(req);
         Ok(self.ws.send(Message::Binary(frame.into())).await?)
     }
 
-    async fn next(&mut self) -> Result<Response> {
+    pub(crate) async fn next(&mut self) -> Result<Response> {
         loop {
             if let Some(msg) = self.unread.pop_front() {
                 return Ok(msg);
@@ -139,35 +143,71 @@ impl Conn {
 /// connection (within the server's in-flight limit), the sets sent so far
 /// packed into one frame, at most 16 per frame (as `redis-benchmark -P 16`
 /// packs 16 commands per write).
-async fn ws_sets(addr: SocketAddr, duration: Duration) -> Result<f64> {
+pub(crate) async fn ws_sets(addr: SocketAddr, duration: Duration) -> Result<f64> {
+    let start = Instant::now();
+    let (done, end) = pipelined(addr, 8, Until::Deadline(start + duration), |c, i| {
+        set(i, &format!("bench/c{c}"), i as i64)
+    })
+    .await?;
+    Ok(done as f64 / end.duration_since(start).as_secs_f64())
+}
+
+/// When a pipelined load stops sending.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Until {
+    Deadline(Instant),
+    /// This many requests per connection.
+    Count(u64),
+}
+
+impl Until {
+    pub(crate) fn more(self, sent: u64) -> bool {
+        match self {
+            Until::Deadline(at) => Instant::now() < at,
+            Until::Count(n) => sent < n,
+        }
+    }
+}
+
+/// Pipelined commits on `conns` connections, `make(connection, i)` being
+/// each connection's `i`th: a window of 256 in flight per connection, the
+/// commits sent so far packed into one frame, at most 16 per frame. All
+/// must commit. Returns how many did and when the last answer came.
+pub(crate) async fn pipelined<F>(
+    addr: SocketAddr,
+    conns: usize,
+    until: Until,
+    make: F,
+) -> Result<(u64, Instant)>
+where
+    F: Fn(usize, u64) -> Request + Clone + Send + Sync + 'static,
+{
     const WINDOW: usize = 256;
     const PACK: usize = 16;
-    let start = Instant::now();
-    let deadline = start + duration;
     let mut tasks = Vec::new();
-    for c in 0..8 {
+    for c in 0..conns {
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = connect(addr).await?.split();
             let credits = std::sync::Arc::new(tokio::sync::Semaphore::new(WINDOW));
-            let path = format!("bench/c{c}");
             let sender_credits = std::sync::Arc::clone(&credits);
             let sent_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let counter = std::sync::Arc::clone(&sent_count);
             let sender = tokio::spawn(async move {
                 let mut sent = 0u64;
-                while Instant::now() < deadline {
+                while until.more(sent) {
                     sender_credits.acquire().await?.forget();
                     let mut frame = Vec::with_capacity(PACK * 20);
                     let mut n = 1;
                     while n < PACK
+                        && until.more(sent + n as u64)
                         && let Ok(p) = sender_credits.try_acquire()
                     {
                         p.forget();
                         n += 1;
                     }
                     for _ in 0..n {
-                        Codec::MsgPack
-                            .encode_request_into(&set(sent, &path, sent as i64), &mut frame);
+                        Codec::MsgPack.encode_request_into(&make(c, sent), &mut frame);
                         sent += 1;
                     }
                     tx.feed(Message::Binary(frame.into())).await?;
@@ -180,40 +220,49 @@ async fn ws_sets(addr: SocketAddr, duration: Duration) -> Result<f64> {
                 anyhow::Ok(sent)
             });
             let (mut done, mut errors) = (0u64, 0u64);
+            let mut first_error = None;
             let mut last = Instant::now();
             loop {
-                let msg = tokio::time::timeout(Duration::from_secs(5), rx.next()).await;
+                if sender.is_finished()
+                    && done + errors >= sent_count.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    break;
+                }
+                let msg = tokio::time::timeout(Duration::from_secs(10), rx.next()).await;
                 let Ok(Some(msg)) = msg else { break };
                 if let Message::Binary(b) = msg? {
                     let answers = Codec::MsgPack.decode_responses(&b)?;
                     for answer in &answers {
                         match answer {
                             Response::Committed { .. } => done += 1,
-                            _ => errors += 1,
+                            other => {
+                                errors += 1;
+                                first_error.get_or_insert_with(|| format!("{other:?}"));
+                            }
                         }
                     }
                     last = Instant::now();
                     credits.add_permits(answers.len());
                 }
-                if sender.is_finished()
-                    && done + errors >= sent_count.load(std::sync::atomic::Ordering::Acquire)
-                {
-                    break;
-                }
             }
             let sent = sender.await??;
-            anyhow::ensure!(errors == 0, "{errors} of {sent} sets failed");
+            anyhow::ensure!(
+                errors == 0 && done == sent,
+                "{errors} of {sent} commits failed, {} unanswered; first error: {}",
+                sent - done - errors,
+                first_error.unwrap_or_default()
+            );
             anyhow::Ok((done, last))
         }));
     }
     let mut total = 0;
-    let mut end = start;
+    let mut end = Instant::now();
     for t in tasks {
         let (done, last) = t.await??;
         total += done;
         end = end.max(last);
     }
-    Ok(total as f64 / end.duration_since(start).as_secs_f64())
+    Ok((total, end))
 }
 
 async fn commit_rtt(addr: SocketAddr, duration: Duration) -> Result<(f64, f64)> {

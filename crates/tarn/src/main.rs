@@ -7,6 +7,7 @@ mod bench_client;
 mod bench_server;
 mod bench_store;
 mod cli;
+mod compare;
 
 use std::path::PathBuf;
 

@@ -127,3 +127,88 @@ fn bench_server_prints_every_figure() {
         ],
     );
 }
+
+/// `tarn bench compare --quick` against every peer (test.sh installs them
+/// with scripts/bench-deps.sh): each figure and ratio line, values that are
+/// numbers, and the report with its plot. One run per figure keeps the
+/// suite short; the figures themselves are for `--runs 5` in release.
+#[test]
+fn bench_compare_runs_every_workload_against_every_peer() {
+    let out_dir = std::env::temp_dir().join(format!("tarn-compare-test-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args([
+            "bench",
+            "compare",
+            "--quick",
+            "--runs",
+            "1",
+            "--duration-ms",
+            "300",
+            "--recovery-mib",
+            "4",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    let out = out.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut figures = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            parts.len(),
+            3,
+            "line {line:?} is not `<figure> <value> <unit>`"
+        );
+        assert!(parts[0].starts_with("compare."), "{line}");
+        let value: f64 = parts[1].parse().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{line}");
+        figures.insert(parts[0].to_string(), value);
+    }
+    let mut wants = vec![];
+    for (figure, systems) in [
+        ("sets", &["tarn", "redis", "ratio"][..]),
+        (
+            "durable_txn",
+            &["tarn", "etcd", "postgres", "ratio_etcd", "ratio_postgres"],
+        ),
+        ("fanout_100_p50", &["tarn", "redis", "nats", "ratio_redis"]),
+        ("fanout_1k_p99", &["tarn", "redis", "nats", "ratio_nats"]),
+        (
+            "watch_latency_p99",
+            &["tarn", "etcd", "redis", "ratio_etcd"],
+        ),
+        ("recovery", &["tarn", "redis", "ratio"]),
+        ("recovery_secs", &["tarn", "redis"]),
+    ] {
+        for s in systems {
+            wants.push(format!("compare.{figure}.{s}"));
+        }
+    }
+    for want in &wants {
+        assert!(figures.contains_key(want), "missing {want} in:\n{text}");
+    }
+    let report = std::fs::read_to_string(out_dir.join("compare.md")).unwrap();
+    assert!(report.contains("| durable_txn | txn/s |"), "{report}");
+    assert!(report.contains("compare-latency.png"), "{report}");
+    let png = std::fs::read(out_dir.join("compare-latency.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    // Every server was stopped and its temp dir removed.
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("tarn-compare-") && name.contains(&format!("-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

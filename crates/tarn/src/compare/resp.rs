@@ -1,0 +1,114 @@
+//! Pipelined redis `SET`s in the same shape as tarn's pipelined commits
+//! (`bench_server::pipelined`): per connection a window of 256 in flight,
+//! sent in writes of at most 16 commands. Replies are counted as lines
+//! (`+OK\r\n`, or `-ERR ...\r\n` for an error), so the client costs
+//! redis next to nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bench_server::Until;
+
+/// Appends one `SET key value` command (RESP array of bulk strings).
+pub fn encode_set(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+    for part in [key, value] {
+        out.push(b'$');
+        out.extend_from_slice(part.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Pipelined SETs on `conns` connections, `make(connection, i, out)`
+/// appending each connection's `i`th command. All must succeed. Returns
+/// how many did and when the last reply came.
+pub async fn pipelined<F>(port: u16, conns: usize, until: Until, make: F) -> Result<(u64, Instant)>
+where
+    F: Fn(usize, u64, &mut Vec<u8>) + Clone + Send + Sync + 'static,
+{
+    const WINDOW: usize = 256;
+    const PACK: usize = 16;
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            let (mut rx, mut tx) = stream.into_split();
+            let credits = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+            let sender_credits = Arc::clone(&credits);
+            let sent_count = Arc::new(AtomicU64::new(0));
+            let counter = Arc::clone(&sent_count);
+            let sender = tokio::spawn(async move {
+                let mut sent = 0u64;
+                let mut buf = Vec::with_capacity(PACK * 64);
+                while until.more(sent) {
+                    sender_credits.acquire().await?.forget();
+                    let mut n = 1;
+                    while n < PACK
+                        && until.more(sent + n as u64)
+                        && let Ok(p) = sender_credits.try_acquire()
+                    {
+                        p.forget();
+                        n += 1;
+                    }
+                    buf.clear();
+                    for _ in 0..n {
+                        make(c, sent, &mut buf);
+                        sent += 1;
+                    }
+                    tx.write_all(&buf).await?;
+                    counter.store(sent, Ordering::Release);
+                }
+                anyhow::Ok(sent)
+            });
+            let (mut replies, mut errors) = (0u64, 0u64);
+            let mut at_line_start = true;
+            let mut last = Instant::now();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if sender.is_finished() && replies >= sent_count.load(Ordering::Acquire) {
+                    break;
+                }
+                let read = tokio::time::timeout(Duration::from_secs(10), rx.read(&mut buf)).await;
+                let Ok(n) = read else { break };
+                let n = n?;
+                if n == 0 {
+                    break;
+                }
+                let mut lines = 0;
+                for &b in &buf[..n] {
+                    if at_line_start && b == b'-' {
+                        errors += 1;
+                    }
+                    at_line_start = b == b'\n';
+                    lines += usize::from(at_line_start);
+                }
+                replies += lines as u64;
+                last = Instant::now();
+                credits.add_permits(lines);
+            }
+            let sent = sender.await??;
+            ensure!(
+                errors == 0 && replies == sent,
+                "redis: {errors} of {sent} SETs failed, {} unanswered",
+                sent.saturating_sub(replies)
+            );
+            anyhow::Ok((replies, last))
+        }));
+    }
+    let mut total = 0;
+    let mut end = Instant::now();
+    for t in tasks {
+        let (done, last) = t.await??;
+        total += done;
+        end = end.max(last);
+    }
+    Ok((total, end))
+}
