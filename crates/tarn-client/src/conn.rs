@@ -67,7 +67,9 @@ async fn connect(url: &str) -> Result<Ws, String> {
     req.headers_mut().insert("sec-websocket-protocol", protocol);
     // TCP_NODELAY (`disable_nagle`): commits and reads are small writes
     // that must leave at once.
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(tarn_proto::WS_READ_BUFFER_BYTES);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)

@@ -43,7 +43,8 @@ pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> HttpR
     let ws = ws
         .protocols([MSGPACK_SUBPROTOCOL])
         .max_message_size(limit)
-        .max_frame_size(limit);
+        .max_frame_size(limit)
+        .read_buffer_size(tarn_proto::WS_READ_BUFFER_BYTES);
     let codec = match ws.selected_protocol() {
         Some(p) if p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes() => Codec::MsgPack,
         _ => Codec::Json,

@@ -83,11 +83,11 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<Ws> {
         "sec-websocket-protocol",
         tarn_proto::MSGPACK_SUBPROTOCOL.parse()?,
     );
-    Ok(
-        tokio_tungstenite::connect_async_with_config(req, None, true)
-            .await?
-            .0,
-    )
+    // As tarn-client connects: TCP_NODELAY, tarn's read buffer size.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(tarn_proto::WS_READ_BUFFER_BYTES);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
+    Ok(ws)
 }
 
 pub(crate) fn set(id: u64, path: &str, v: i64) -> Request {

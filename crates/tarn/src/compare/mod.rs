@@ -129,6 +129,7 @@ pub fn run(o: Options) -> Result<()> {
         .collect();
     let mut c = Compare {
         o: &o,
+        cpu_notes: vec![],
         rt: &rt,
         report: &mut report,
         installed,
@@ -141,6 +142,13 @@ pub fn run(o: Options) -> Result<()> {
             Workload::WatchLatency => c.watch_latency()?,
             Workload::Recovery => c.recovery()?,
         }
+    }
+    if !c.cpu_notes.is_empty() {
+        let cpu = c.cpu_notes.join("; ");
+        c.report.notes.push(format!(
+            "CPU time per run, each system's server and this process generating the \
+             load (tarn under --perf is not counted): {cpu}."
+        ));
     }
     report.write(&o.out)
 }
@@ -157,6 +165,9 @@ fn raise_open_files_limit() {
 
 struct Compare<'a> {
     o: &'a Options,
+    /// CPU seconds per run of each system's server and of the load, by
+    /// workload.
+    cpu_notes: Vec<String>,
     rt: &'a tokio::runtime::Runtime,
     report: &'a mut Report,
     installed: Vec<System>,
@@ -202,7 +213,7 @@ impl Compare<'_> {
     /// `runs` rounds of `f` on each server in turn; a progress bar counts
     /// them.
     fn alternate<T>(
-        &self,
+        &mut self,
         what: &str,
         servers: &mut [Server],
         mut f: impl FnMut(&mut Server) -> Result<T>,
@@ -214,18 +225,44 @@ impl Compare<'_> {
         );
         bar.set_prefix(what.to_string());
         let mut out: Runs<T> = BTreeMap::new();
+        // CPU seconds of each system's server and of this process (the
+        // load) over its runs.
+        let mut cpu: BTreeMap<System, (f64, f64)> = BTreeMap::new();
         for round in 1..=self.o.runs {
             for server in servers.iter_mut() {
                 bar.set_message(format!("run {round}: {}", server.system.name()));
+                let (server_before, load_before) =
+                    (server.cpu_secs(), peers::cpu_secs("/proc/self/stat"));
                 let result = f(server);
                 if result.is_err() {
                     server.check_alive()?;
                 }
+                let c = cpu.entry(server.system).or_default();
+                // (A server restarted within the run starts from 0.)
+                c.0 += (server.cpu_secs() - server_before).max(0.0);
+                c.1 += peers::cpu_secs("/proc/self/stat") - load_before;
                 out.entry(server.system).or_default().push(result?);
                 bar.inc(1);
             }
         }
         bar.finish_and_clear();
+        let runs = self.o.runs as f64;
+        if what == "recovery" {
+            // Restarts replace the server process: no per-run figure.
+            return Ok(out);
+        }
+        self.cpu_notes.push(format!(
+            "{what}: {}",
+            cpu.iter()
+                .map(|(s, (server, load))| format!(
+                    "{} {:.2} s server + {:.2} s load",
+                    s.name(),
+                    server / runs,
+                    load / runs
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         Ok(out)
     }
 
@@ -524,9 +561,11 @@ impl Compare<'_> {
                 s.system.name(),
                 start.elapsed().as_secs_f64()
             );
-            // A graceful restart: each finishes writing what it holds.
+            // A graceful restart: each finishes writing what it holds,
+            // then settles (archiving, AOF rewrite).
             s.stop();
             recovery::restart(self.rt, s, set)?;
+            recovery::wait_settled(s)?;
             sizes.push(format!(
                 "{} {:.0} MiB",
                 s.system.name(),
@@ -536,7 +575,9 @@ impl Compare<'_> {
         let rt = self.rt;
         let runs = self.alternate("recovery", &mut servers, |s| {
             s.kill();
-            recovery::restart(rt, s, set).map(|d| d.as_secs_f64())
+            let took = recovery::restart(rt, s, set)?;
+            recovery::wait_settled(s)?;
+            Ok(took.as_secs_f64())
         })?;
         let secs: Vec<(System, Vec<f64>)> = runs.into_iter().collect();
         self.report.add(Figure {
@@ -558,7 +599,8 @@ impl Compare<'_> {
         });
         self.report.notes.push(format!(
             "recovery: {} keys of {} bytes ({mib:.0} MiB of keys and values) loaded through \
-             each protocol, a graceful restart, then per run a SIGKILL and a restart timed \
+             each protocol, a graceful restart, waiting until its files stop changing \
+             (archiving, AOF rewrite), then per run a SIGKILL and a restart timed \
              from starting the process to the first read of the last key written answering \
              its value; files in the page cache. On disk: {}. tarn: WAL segments and \
              archives, `sync = batch(2)`; redis: AOF `everysec` with its default rewrites \

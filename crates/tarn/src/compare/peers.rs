@@ -205,8 +205,11 @@ impl Server {
                         "-e",
                         "cpu-clock",
                         "-F",
-                        "999",
-                        "-g",
+                        "499",
+                        // Release builds have no frame pointers: unwind
+                        // with DWARF, or Rust frames go missing.
+                        "--call-graph",
+                        "dwarf,16384",
                         "-o",
                         &out.to_string_lossy(),
                         "--",
@@ -417,6 +420,11 @@ impl Server {
         }
     }
 
+    /// CPU seconds (user + system) the server process has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        self.child.as_ref().map_or(0.0, |c| cpu_secs(&format!("/proc/{}/stat", c.id())))
+    }
+
     /// Bytes the server's data take on disk.
     pub fn disk_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
@@ -433,6 +441,29 @@ impl Server {
         }
         walk(&self.dir)
     }
+}
+
+/// CPU seconds (user + system) of the process whose `/proc/<pid>/stat`
+/// is at `stat` (0 if unreadable).
+pub fn cpu_secs(stat: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(stat) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in `(...)`;
+    // utime and stime are the 14th and 15th fields, in clock ticks.
+    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks / per_sec
 }
 
 impl Drop for Server {

@@ -123,6 +123,44 @@ async fn last_key_reads(system: System, port: u16, set: DataSet) -> bool {
     }
 }
 
+/// Waits until the server's files stop changing (names and sizes the
+/// same over 1.5 s): tarn's archiver and redis' AOF rewrite are done, so
+/// each timed restart starts from the same settled files. Gives up after
+/// 5 minutes, saying so.
+pub fn wait_settled(server: &mut Server) -> Result<()> {
+    fn listing(dir: &std::path::Path, out: &mut Vec<(String, u64)>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => listing(&path, out),
+                Ok(m) if !path.ends_with("server.log") => {
+                    out.push((path.to_string_lossy().into_owned(), m.len()))
+                }
+                _ => {}
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut last, mut same) = (Vec::new(), 0);
+    while same < 3 {
+        server.check_alive()?;
+        if Instant::now() > deadline {
+            eprintln!(
+                "{}: its files still change after 5 minutes; restarting anyway",
+                server.system.name()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let mut now = Vec::new();
+        listing(&server.dir, &mut now);
+        now.sort();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    Ok(())
+}
+
 /// Starts the (stopped) server and times until the last key reads back.
 pub fn restart(
     rt: &tokio::runtime::Runtime,
