@@ -47,8 +47,28 @@ impl DataSet {
         self.keys() * (VALUE_BYTES as u64 + 10)
     }
 
+    /// Key `i`'s value: `VALUE_BYTES` pseudo-random characters of a
+    /// 64-letter alphabet (splitmix64 seeded by `i`). Random, so neither
+    /// system can shrink it by compression (redis compresses strings in
+    /// its RDB preamble; zero-padded numbers would shrink 25-fold).
     fn value(i: u64) -> String {
-        format!("{i:0>width$}", width = VALUE_BYTES)
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut state = i;
+        let mut out = String::with_capacity(VALUE_BYTES);
+        while out.len() < VALUE_BYTES {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            for k in 0..10 {
+                if out.len() < VALUE_BYTES {
+                    out.push(ALPHABET[((z >> (6 * k)) & 63) as usize] as char);
+                }
+            }
+        }
+        out
     }
 
     fn last(self) -> (usize, u64) {
