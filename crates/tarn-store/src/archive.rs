@@ -180,9 +180,43 @@ pub fn encode_archive(versions: &Versions) -> Vec<u8> {
     out
 }
 
-/// Decodes an archive file into `into` (appending versions per path).
-/// Returns the number of versions read.
+/// Decodes an archive into `into`, after any archives decoded before it
+/// (whose versions of a path must be older). Returns how many versions it
+/// held.
 pub fn decode_archive(name: &str, buf: &[u8], into: &mut Versions) -> Result<u64, ArchiveError> {
+    decode_with(name, buf, |path, time, value| {
+        let history = into.entry(path.clone()).or_default();
+        if history.last().is_some_and(|(t, _)| *t >= time) {
+            return Err(format!("versions of '{path}' out of order"));
+        }
+        history.push((time, value));
+        Ok(())
+    })
+}
+
+/// One archived version: its time, path and value (`None`: deleted).
+pub type Entry = (Time, Path, Option<Value>);
+
+/// Decodes an archive into a list of its versions, in path order (then
+/// time order per path).
+pub fn decode_archive_entries(name: &str, buf: &[u8]) -> Result<Vec<Entry>, ArchiveError> {
+    let mut out = Vec::new();
+    decode_with(name, buf, |path, time, value| {
+        out.push((time, path.clone(), value));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks an archive (magic, format, checksum, order) and calls `f` with
+/// each version, in path order then time order; `f` may refuse one (the
+/// archive is then damaged, for the reason it gives). Returns how many
+/// versions there were.
+fn decode_with(
+    name: &str,
+    buf: &[u8],
+    mut f: impl FnMut(&Path, Time, Option<Value>) -> Result<(), String>,
+) -> Result<u64, ArchiveError> {
     let damaged = |reason: String| ArchiveError::Damaged {
         name: name.to_string(),
         reason,
@@ -224,14 +258,15 @@ pub fn decode_archive(name: &str, buf: &[u8], into: &mut Versions) -> Result<u64
             return Err(damaged(format!("paths out of order at '{path}'")));
         }
         let n = r.count().map_err(decode)?;
-        let history = into.entry(path.clone()).or_default();
+        let mut last_time = None;
         for _ in 0..n {
             let time = r.time().map_err(decode)?;
             let value = r.value().map_err(decode)?;
-            if history.last().is_some_and(|(t, _)| *t >= time) {
+            if last_time.is_some_and(|t| t >= time) {
                 return Err(damaged(format!("versions of '{path}' out of order")));
             }
-            history.push((time, value));
+            last_time = Some(time);
+            f(&path, time, value).map_err(damaged)?;
             count += 1;
         }
         last_path = Some(path);

@@ -1124,39 +1124,28 @@ fn load_archives(
     engine: &mut Engine,
     recovery: &mut Recovery,
 ) -> Result<(), StoreError> {
-    let mut versions = Versions::new();
-    for meta in &manifest.archives {
-        let bytes = archives
-            .get(&meta.name)?
-            .ok_or_else(|| ArchiveError::Damaged {
-                name: meta.name.clone(),
-                reason: "listed in the manifest but missing".into(),
-            })?;
-        recovery.archived_versions += archive::decode_archive(&meta.name, &bytes, &mut versions)?;
-    }
-    // Archives are sorted by path; the engine takes history in time order,
-    // one commit (time) at a time.
-    let mut by_time: Vec<(Time, Change)> = Vec::with_capacity(recovery.archived_versions as usize);
-    for (path, history) in versions {
-        for (time, value) in history {
-            by_time.push((
-                time,
-                Change {
-                    path: path.clone(),
-                    value,
-                },
-            ));
+    let mut versions = decode_archives(archives, &manifest.archives)?;
+    recovery.archived_versions += versions.len() as u64;
+    // The engine takes history in time order, one commit (time) at a
+    // time, each commit's changes in path order.
+    versions.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if let Some(w) = versions
+        .windows(2)
+        .find(|w| (w[0].0, &w[0].1) == (w[1].0, &w[1].1))
+    {
+        return Err(ArchiveError::Damaged {
+            name: "(manifest)".into(),
+            reason: format!("two archived versions of '{}' at {:?}", w[0].1, w[0].0),
         }
+        .into());
     }
-    by_time.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
-    let mut i = 0;
+    let mut versions = versions.into_iter().peekable();
     let mut changes = Vec::new();
-    while i < by_time.len() {
-        let time = by_time[i].0;
+    while let Some((time, path, value)) = versions.next() {
         changes.clear();
-        while i < by_time.len() && by_time[i].0 == time {
-            changes.push(by_time[i].1.clone());
-            i += 1;
+        changes.push(Change { path, value });
+        while let Some((_, path, value)) = versions.next_if(|v| v.0 == time) {
+            changes.push(Change { path, value });
         }
         engine
             .replay(time, &changes)
@@ -1172,6 +1161,79 @@ fn load_archives(
     }
     engine.compact_to(Time::from(manifest.floor));
     Ok(())
+}
+
+/// Fetches the archives (on this thread, one at a time) and decodes them
+/// on as many threads as there are cores: decoding is most of a restart.
+/// Returns every version, unordered.
+fn decode_archives(
+    archives: &ArchiveStore,
+    metas: &[ArchiveMeta],
+) -> Result<Vec<archive::Entry>, StoreError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, metas.len().max(1));
+    // Bounded: at most `workers` fetched archives wait in memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, bytes::Bytes)>(workers);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let decoders: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    let mut failed = None;
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((name, bytes)) = next else {
+                            return failed.map_or(Ok(out), Err);
+                        };
+                        // After a failure, keep taking archives (so the
+                        // fetcher never blocks) without decoding them.
+                        if failed.is_none() {
+                            match archive::decode_archive_entries(&name, &bytes) {
+                                Ok(entries) => out.extend(entries),
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut fetched = Ok(());
+        for meta in metas {
+            match archives.get(&meta.name) {
+                Ok(Some(bytes)) => {
+                    if tx.send((meta.name.clone(), bytes)).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    fetched = Err(ArchiveError::Damaged {
+                        name: meta.name.clone(),
+                        reason: "listed in the manifest but missing".into(),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    fetched = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let mut all = Vec::new();
+        for decoder in decoders {
+            let part = decoder.join().unwrap_or_else(|_| {
+                Err(ArchiveError::Damaged {
+                    name: "(decoder)".into(),
+                    reason: "a decoding thread panicked".into(),
+                })
+            })?;
+            all.extend(part);
+        }
+        fetched?;
+        Ok(all)
+    })
 }
 
 /// Commits replayed between in-memory history trims during recovery.

@@ -422,7 +422,9 @@ impl Server {
 
     /// CPU seconds (user + system) the server process has used so far.
     pub fn cpu_secs(&self) -> f64 {
-        self.child.as_ref().map_or(0.0, |c| cpu_secs(&format!("/proc/{}/stat", c.id())))
+        self.child
+            .as_ref()
+            .map_or(0.0, |c| cpu_secs(&format!("/proc/{}/stat", c.id())))
     }
 
     /// Bytes the server's data take on disk.
