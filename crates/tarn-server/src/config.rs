@@ -36,8 +36,10 @@ pub struct ServerConfig {
     pub node_id: u32,
     /// Data directory (`data_dir`, env `TARN_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// Watch updates are flushed to a connection at most once per tick
-    /// (`tick_ms`, env `TARN_TICK_MS`).
+    /// While watch updates arrive at a connection faster than they are
+    /// written (the last flush carried several), they are flushed at most
+    /// once per tick (`tick_ms`, env `TARN_TICK_MS`); one at a time, each
+    /// leaves at once.
     pub tick_ms: u64,
     /// The write-ahead log.
     pub wal: WalConfig,

@@ -2,8 +2,9 @@
 //!
 //! One session per connection: a reader that decodes requests and
 //! answers them (text frames as JSON, binary frames as MessagePack), and
-//! a writer that drains the connection's [`Outbox`], flushing at most once
-//! per tick (coalescing under load, never reordering). Commits are
+//! a writer that drains the connection's [`Outbox`]: an update leaves at
+//! once, but while updates arrive faster than they are written, they are
+//! flushed at most once per tick (coalesced, never reordered). Commits are
 //! decided in the order they arrive on the connection and acknowledged
 //! when durable, so a client may pipeline them. A slow consumer is closed
 //! with `slow_consumer` once its queue exceeds the limit.
@@ -218,15 +219,21 @@ async fn write_loop(
     let mut last_flush = Instant::now()
         .checked_sub(tick)
         .unwrap_or_else(Instant::now);
+    // Updates in the last flush.
+    let mut last_updates = 0;
     while let Some(first) = rx.recv().await {
-        // Watch updates are flushed at most once per tick: under load,
-        // what arrives meanwhile goes out together, in order. Answers to
-        // requests are not held back by the tick.
+        // Under load, watch updates are flushed at most once per tick:
+        // what arrives meanwhile goes out together, in order. "Under load"
+        // means the last flush carried more than one update (they arrive
+        // faster than they are written); one at a time, an update leaves
+        // at once, so a trickle is never delayed by the tick. Answers to
+        // requests are never held back.
         let is_update = matches!(first.0, Outgoing::Msg(Response::Change { .. }));
         let due = last_flush + tick;
-        if is_update && Instant::now() < due {
+        if is_update && last_updates > 1 && Instant::now() < due {
             tokio::time::sleep_until(due.into()).await;
         }
+        let mut updates = 0;
         let mut next = Some(first);
         let mut count = 0;
         // MessagePack messages are packed back to back into frames of up
@@ -235,6 +242,7 @@ async fn write_loop(
         while let Some((out, size)) = next.take() {
             match out {
                 Outgoing::Msg(msg) => {
+                    updates += usize::from(matches!(msg, Response::Change { .. }));
                     match codec {
                         Codec::Json => {
                             let text =
@@ -293,6 +301,7 @@ async fn write_loop(
             return;
         }
         last_flush = Instant::now();
+        last_updates = updates;
     }
 }
 

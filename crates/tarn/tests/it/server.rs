@@ -468,6 +468,27 @@ fn a_watch_resumes_from_its_last_time_without_a_gap() {
     });
 }
 
+/// The tick coalesces updates only while they pile up: one at a time,
+/// each update leaves at once. With a tick of a minute, holding the
+/// second update for the tick would miss `recv`'s 10 s deadline.
+#[test]
+fn an_update_that_comes_alone_is_not_held_for_the_tick() {
+    let server = Server::start(&[("TARN_TICK_MS", "60000")]);
+    rt().block_on(async {
+        let mut watcher = connect(&server.addr).await;
+        call(&mut watcher, json!({"type": "watch", "id": 1, "path": "cursor"})).await;
+        assert_eq!(recv(&mut watcher).await["type"], "watching");
+        let mut writer = connect(&server.addr).await;
+        for i in 0..5 {
+            call(&mut writer, json!({"type": "commit", "id": 10 + i, "writes": [{"op": "set", "path": "cursor", "value": i}]})).await;
+            assert_eq!(recv(&mut writer).await["type"], "committed");
+            let change = recv(&mut watcher).await;
+            assert_eq!(change["type"], "change", "{change}");
+            assert_eq!(change["changes"][0]["value"], json!(i), "{change}");
+        }
+    });
+}
+
 #[test]
 fn a_thousand_watchers_receive_every_change_in_order() {
     let server = Server::start(&[]);
