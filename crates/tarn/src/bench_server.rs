@@ -139,10 +139,8 @@ impl Conn {
     }
 }
 
-/// Pipelined sets on 8 connections: a window of 256 in flight per
-/// connection (within the server's in-flight limit), the sets sent so far
-/// packed into one frame, at most 16 per frame (as `redis-benchmark -P 16`
-/// packs 16 commands per write).
+/// Pipelined sets on 8 connections, each through a [`Window`] (within the
+/// server's in-flight limit).
 pub(crate) async fn ws_sets(addr: SocketAddr, duration: Duration) -> Result<f64> {
     let start = Instant::now();
     let (done, end) = pipelined(addr, 8, Until::Deadline(start + duration), |c, i| {
@@ -169,10 +167,82 @@ impl Until {
     }
 }
 
+/// The in-flight window of one pipelined connection, shared by its sender
+/// and its reader: at most [`Window::SIZE`] requests unanswered, sent at
+/// most [`Window::PACK`] per write (as `redis-benchmark -P 16` packs 16
+/// commands per write).
+#[derive(Clone)]
+pub(crate) struct Window {
+    credits: std::sync::Arc<tokio::sync::Semaphore>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Window {
+    pub(crate) const SIZE: usize = 256;
+    pub(crate) const PACK: u64 = 16;
+
+    pub(crate) fn new() -> Window {
+        Window {
+            credits: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::SIZE)),
+            sent: Default::default(),
+        }
+    }
+
+    /// Waits for room for one request, then takes room for more, up to a
+    /// pack, while there is room and `until` allows more after `sent`:
+    /// how many to send now.
+    pub(crate) async fn take(&self, until: Until, sent: u64) -> Result<u64> {
+        self.credits.acquire().await?.forget();
+        let mut n = 1;
+        while n < Self::PACK
+            && until.more(sent + n)
+            && let Ok(p) = self.credits.try_acquire()
+        {
+            p.forget();
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// True when no room is left (time to flush what was written).
+    pub(crate) fn full(&self) -> bool {
+        self.credits.available_permits() == 0
+    }
+
+    /// Records that `total` requests have been sent so far.
+    pub(crate) fn sent(&self, total: u64) {
+        self.sent.store(total, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `n` answers came back: room for `n` more.
+    pub(crate) fn answered(&self, n: usize) {
+        self.credits.add_permits(n);
+    }
+
+    /// Whether `answers` covers everything sent so far.
+    pub(crate) fn all_answered(&self, answers: u64) -> bool {
+        answers >= self.sent.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Sums the connections of a pipelined load: requests answered, and when
+/// the last answer came.
+pub(crate) async fn join_pipelined(
+    tasks: Vec<tokio::task::JoinHandle<Result<(u64, Instant)>>>,
+) -> Result<(u64, Instant)> {
+    let mut total = 0;
+    let mut end = Instant::now();
+    for t in tasks {
+        let (done, last) = t.await??;
+        total += done;
+        end = end.max(last);
+    }
+    Ok((total, end))
+}
+
 /// Pipelined commits on `conns` connections, `make(connection, i)` being
-/// each connection's `i`th: a window of 256 in flight per connection, the
-/// commits sent so far packed into one frame, at most 16 per frame. All
-/// must commit. Returns how many did and when the last answer came.
+/// each connection's `i`th, through a [`Window`] each. All must commit.
+/// Returns how many did and when the last answer came.
 pub(crate) async fn pipelined<F>(
     addr: SocketAddr,
     conns: usize,
@@ -182,37 +252,25 @@ pub(crate) async fn pipelined<F>(
 where
     F: Fn(usize, u64) -> Request + Clone + Send + Sync + 'static,
 {
-    const WINDOW: usize = 256;
-    const PACK: usize = 16;
     let mut tasks = Vec::new();
     for c in 0..conns {
         let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = connect(addr).await?.split();
-            let credits = std::sync::Arc::new(tokio::sync::Semaphore::new(WINDOW));
-            let sender_credits = std::sync::Arc::clone(&credits);
-            let sent_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let counter = std::sync::Arc::clone(&sent_count);
+            let window = Window::new();
+            let sender_window = window.clone();
             let sender = tokio::spawn(async move {
                 let mut sent = 0u64;
                 while until.more(sent) {
-                    sender_credits.acquire().await?.forget();
-                    let mut frame = Vec::with_capacity(PACK * 20);
-                    let mut n = 1;
-                    while n < PACK
-                        && until.more(sent + n as u64)
-                        && let Ok(p) = sender_credits.try_acquire()
-                    {
-                        p.forget();
-                        n += 1;
-                    }
+                    let n = sender_window.take(until, sent).await?;
+                    let mut frame = Vec::with_capacity(n as usize * 20);
                     for _ in 0..n {
                         Codec::MsgPack.encode_request_into(&make(c, sent), &mut frame);
                         sent += 1;
                     }
                     tx.feed(Message::Binary(frame.into())).await?;
-                    counter.store(sent, std::sync::atomic::Ordering::Release);
-                    if sender_credits.available_permits() == 0 {
+                    sender_window.sent(sent);
+                    if sender_window.full() {
                         tx.flush().await?;
                     }
                 }
@@ -222,12 +280,7 @@ where
             let (mut done, mut errors) = (0u64, 0u64);
             let mut first_error = None;
             let mut last = Instant::now();
-            loop {
-                if sender.is_finished()
-                    && done + errors >= sent_count.load(std::sync::atomic::Ordering::Acquire)
-                {
-                    break;
-                }
+            while !(sender.is_finished() && window.all_answered(done + errors)) {
                 let msg = tokio::time::timeout(Duration::from_secs(10), rx.next()).await;
                 let Ok(Some(msg)) = msg else { break };
                 if let Message::Binary(b) = msg? {
@@ -242,7 +295,7 @@ where
                         }
                     }
                     last = Instant::now();
-                    credits.add_permits(answers.len());
+                    window.answered(answers.len());
                 }
             }
             let sent = sender.await??;
@@ -255,14 +308,7 @@ where
             anyhow::Ok((done, last))
         }));
     }
-    let mut total = 0;
-    let mut end = Instant::now();
-    for t in tasks {
-        let (done, last) = t.await??;
-        total += done;
-        end = end.max(last);
-    }
-    Ok((total, end))
+    join_pipelined(tasks).await
 }
 
 async fn commit_rtt(addr: SocketAddr, duration: Duration) -> Result<(f64, f64)> {

@@ -177,6 +177,18 @@ struct Compare<'a> {
 type Runs<T> = BTreeMap<System, Vec<T>>;
 
 impl Compare<'_> {
+    /// tarn with `wal.sync = sync`, under `perf record` with `--perf`.
+    fn tarn(&self, sync: &'static str, workload: &str) -> Result<(System, Settings)> {
+        Ok((
+            System::Tarn,
+            Settings {
+                tarn_sync: Some(sync),
+                perf_to: self.o.perf_to(workload)?,
+                ..Default::default()
+            },
+        ))
+    }
+
     /// Starts the installed ones of `wanted` (tarn first); None when tarn
     /// or every peer is missing.
     fn start(
@@ -270,14 +282,7 @@ impl Compare<'_> {
         let Some(mut servers) = self.start(
             "sets",
             &[
-                (
-                    System::Tarn,
-                    Settings {
-                        tarn_sync: Some("batch(2)"),
-                        perf_to: self.o.perf_to("sets")?,
-                        ..Default::default()
-                    },
-                ),
+                self.tarn("batch(2)", "sets")?,
                 (
                     System::Redis,
                     Settings {
@@ -315,14 +320,7 @@ impl Compare<'_> {
         let Some(mut servers) = self.start(
             "durable_txn",
             &[
-                (
-                    System::Tarn,
-                    Settings {
-                        tarn_sync: Some("always"),
-                        perf_to: self.o.perf_to("durable_txn")?,
-                        ..Default::default()
-                    },
-                ),
+                self.tarn("always", "durable_txn")?,
                 (System::Etcd, Settings::default()),
                 (System::Postgres, Settings::default()),
             ],
@@ -394,14 +392,7 @@ impl Compare<'_> {
         let Some(mut servers) = self.start(
             "fanout",
             &[
-                (
-                    System::Tarn,
-                    Settings {
-                        tarn_sync: Some("always"),
-                        perf_to: self.o.perf_to("fanout")?,
-                        ..Default::default()
-                    },
-                ),
+                self.tarn("always", "fanout")?,
                 (System::Redis, Settings::default()),
                 (System::Nats, Settings::default()),
             ],
@@ -444,14 +435,7 @@ impl Compare<'_> {
         let Some(mut servers) = self.start(
             "watch_latency",
             &[
-                (
-                    System::Tarn,
-                    Settings {
-                        tarn_sync: Some("always"),
-                        perf_to: self.o.perf_to("watch_latency")?,
-                        ..Default::default()
-                    },
-                ),
+                self.tarn("always", "watch_latency")?,
                 (System::Etcd, Settings::default()),
                 (
                     System::Redis,

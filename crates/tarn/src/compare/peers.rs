@@ -68,22 +68,17 @@ impl System {
 
     /// The peer's version line, for the report.
     pub fn version(self) -> String {
-        let out = match self {
-            System::Tarn => return format!("tarn {}", env!("CARGO_PKG_VERSION")),
-            _ => self
-                .locate()
-                .ok()
-                .and_then(|p| Command::new(p).arg("--version").output().ok()),
-        };
-        out.map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|| "not installed".into())
+        if self == System::Tarn {
+            return format!("tarn {}", env!("CARGO_PKG_VERSION"));
+        }
+        let line = self.locate().map_or(String::new(), |p| {
+            super::report::first_line(&p.to_string_lossy(), &["--version"])
+        });
+        if line.is_empty() {
+            "not installed".into()
+        } else {
+            line
+        }
     }
 }
 

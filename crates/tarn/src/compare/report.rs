@@ -147,7 +147,7 @@ impl Report {
 
     fn markdown(&self, plotted: bool) -> String {
         let mut md = String::new();
-        let commit = match shell("git", &["describe", "--always", "--dirty"]) {
+        let commit = match first_line("git", &["describe", "--always", "--dirty"]) {
             c if c.is_empty() => "an unknown commit".to_string(),
             c => format!("commit {c}"),
         };
@@ -160,10 +160,10 @@ impl Report {
              load. Ratios are tarn / peer: above 1 is better for rates, below 1 for \
              latencies.\n",
             self.command,
-            shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             commit,
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            shell("uname", &["-r"]),
+            first_line("uname", &["-r"]),
             self.runs,
         );
         let systems: Vec<System> = System::ALL
@@ -232,7 +232,7 @@ impl Report {
 }
 
 /// A command's first line of output, or "" if it cannot run.
-fn shell(program: &str, args: &[&str]) -> String {
+pub fn first_line(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
         .output()

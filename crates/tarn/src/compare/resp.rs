@@ -1,17 +1,15 @@
 //! Pipelined redis `SET`s in the same shape as tarn's pipelined commits
-//! (`bench_server::pipelined`): per connection a window of 256 in flight,
-//! sent in writes of at most 16 commands. Replies are counted as lines
+//! (`bench_server::pipelined`): per connection a [`Window`] of 256 in
+//! flight, sent in writes of at most 16 commands. Replies are counted as lines
 //! (`+OK\r\n`, or `-ERR ...\r\n` for an error), so the client costs
 //! redis next to nothing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench_server::Until;
+use crate::bench_server::{Until, Window, join_pipelined};
 
 /// Appends one `SET key value` command (RESP array of bulk strings).
 pub fn encode_set(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
@@ -26,14 +24,12 @@ pub fn encode_set(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Pipelined SETs on `conns` connections, `make(connection, i, out)`
-/// appending each connection's `i`th command. All must succeed. Returns
-/// how many did and when the last reply came.
+/// appending each connection's `i`th command, through a [`Window`] each.
+/// All must succeed. Returns how many did and when the last reply came.
 pub async fn pipelined<F>(port: u16, conns: usize, until: Until, make: F) -> Result<(u64, Instant)>
 where
     F: Fn(usize, u64, &mut Vec<u8>) + Clone + Send + Sync + 'static,
 {
-    const WINDOW: usize = 256;
-    const PACK: usize = 16;
     let mut tasks = Vec::new();
     for c in 0..conns {
         let make = make.clone();
@@ -41,30 +37,20 @@ where
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             stream.set_nodelay(true)?;
             let (mut rx, mut tx) = stream.into_split();
-            let credits = Arc::new(tokio::sync::Semaphore::new(WINDOW));
-            let sender_credits = Arc::clone(&credits);
-            let sent_count = Arc::new(AtomicU64::new(0));
-            let counter = Arc::clone(&sent_count);
+            let window = Window::new();
+            let sender_window = window.clone();
             let sender = tokio::spawn(async move {
                 let mut sent = 0u64;
-                let mut buf = Vec::with_capacity(PACK * 64);
+                let mut buf = Vec::new();
                 while until.more(sent) {
-                    sender_credits.acquire().await?.forget();
-                    let mut n = 1;
-                    while n < PACK
-                        && until.more(sent + n as u64)
-                        && let Ok(p) = sender_credits.try_acquire()
-                    {
-                        p.forget();
-                        n += 1;
-                    }
+                    let n = sender_window.take(until, sent).await?;
                     buf.clear();
                     for _ in 0..n {
                         make(c, sent, &mut buf);
                         sent += 1;
                     }
                     tx.write_all(&buf).await?;
-                    counter.store(sent, Ordering::Release);
+                    sender_window.sent(sent);
                 }
                 anyhow::Ok(sent)
             });
@@ -72,10 +58,7 @@ where
             let mut at_line_start = true;
             let mut last = Instant::now();
             let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                if sender.is_finished() && replies >= sent_count.load(Ordering::Acquire) {
-                    break;
-                }
+            while !(sender.is_finished() && window.all_answered(replies)) {
                 let read = tokio::time::timeout(Duration::from_secs(10), rx.read(&mut buf)).await;
                 let Ok(n) = read else { break };
                 let n = n?;
@@ -92,7 +75,7 @@ where
                 }
                 replies += lines as u64;
                 last = Instant::now();
-                credits.add_permits(lines);
+                window.answered(lines);
             }
             let sent = sender.await??;
             ensure!(
@@ -103,12 +86,5 @@ where
             anyhow::Ok((replies, last))
         }));
     }
-    let mut total = 0;
-    let mut end = Instant::now();
-    for t in tasks {
-        let (done, last) = t.await??;
-        total += done;
-        end = end.max(last);
-    }
-    Ok((total, end))
+    join_pipelined(tasks).await
 }
