@@ -101,6 +101,7 @@ pub fn run(o: Options) -> Result<()> {
         .build()?;
     let mut report = Report {
         command: o.command.clone(),
+        commit: report::first_line("git", &["describe", "--always", "--dirty"]),
         runs: o.runs,
         ..Default::default()
     };
@@ -424,9 +425,8 @@ impl Compare<'_> {
             "fanout: each subscriber its own connection; {writes} writes per run, each \
              after the previous reached every subscriber; latency from sending the write to \
              each subscriber receiving it (tarn: a watch of one path, the write a commit \
-             with `sync = always`, delivered once fsynced, updates flushed to a connection \
-             at most once per `tick_ms = 5`; redis: PUBLISH, no persistence; NATS: core \
-             publish, no persistence)."
+             with `sync = always`, delivered once fsynced; redis: PUBLISH, no \
+             persistence; NATS: core publish, no persistence)."
         ));
         Ok(())
     }
@@ -469,9 +469,9 @@ impl Compare<'_> {
         self.report.notes.push(format!(
             "watch_latency: {writes} writes per run, one at a time; latency from sending a \
              write of one key to its watcher's notification (tarn: watch, `sync = always` \
-             (each write fsynced before it is shown, as etcd), updates flushed to a \
-             connection at most once per `tick_ms = 5` (the default); etcd: Watch stream, \
-             each put fsynced; redis: keyspace notifications (`notify-keyspace-events \
+             (each write fsynced before it is shown, as etcd), `tick_ms = 5` (which \
+             holds updates only while they pile up); etcd: Watch stream, each put \
+             fsynced; redis: keyspace notifications (`notify-keyspace-events \
              K$`), AOF `everysec`)."
         ));
         Ok(())

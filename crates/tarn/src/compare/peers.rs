@@ -415,11 +415,28 @@ impl Server {
         }
     }
 
-    /// CPU seconds (user + system) the server process has used so far.
+    /// CPU seconds (user + system) the server has used so far: its
+    /// process, its children that exited, and its live children
+    /// (PostgreSQL serves each connection in a child process).
     pub fn cpu_secs(&self) -> f64 {
-        self.child
-            .as_ref()
-            .map_or(0.0, |c| cpu_secs(&format!("/proc/{}/stat", c.id())))
+        let Some(child) = &self.child else {
+            return 0.0;
+        };
+        let pid = child.id().to_string();
+        let mut total = cpu_secs(&format!("/proc/{pid}/stat"));
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = entry.path().join("stat");
+            let Ok(text) = std::fs::read_to_string(&stat) else {
+                continue;
+            };
+            let ppid = text
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(pid.as_str()) {
+                total += cpu_secs(&stat.to_string_lossy());
+            }
+        }
+        total
     }
 
     /// Bytes the server's data take on disk.
@@ -440,19 +457,20 @@ impl Server {
     }
 }
 
-/// CPU seconds (user + system) of the process whose `/proc/<pid>/stat`
-/// is at `stat` (0 if unreadable).
+/// CPU seconds (user + system, its own and its waited-for children's) of
+/// the process whose `/proc/<pid>/stat` is at `stat` (0 if unreadable).
 pub fn cpu_secs(stat: &str) -> f64 {
     let Ok(text) = std::fs::read_to_string(stat) else {
         return 0.0;
     };
     // Fields after the command name (which may hold spaces) in `(...)`;
-    // utime and stime are the 14th and 15th fields, in clock ticks.
+    // utime, stime, cutime and cstime (children waited for) are the
+    // 14th to 17th fields, in clock ticks.
     let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
         return 0.0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
+    let ticks: f64 = [11, 12, 13, 14]
         .iter()
         .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
         .sum();

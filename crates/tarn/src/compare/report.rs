@@ -97,6 +97,9 @@ pub struct Dist {
 #[derive(Default)]
 pub struct Report {
     pub command: String,
+    /// `git describe --always --dirty` when the run started ("" outside
+    /// a checkout): the report itself is in the tree.
+    pub commit: String,
     pub runs: usize,
     pub figures: Vec<Figure>,
     pub dists: Vec<Dist>,
@@ -147,8 +150,8 @@ impl Report {
 
     fn markdown(&self, plotted: bool) -> String {
         let mut md = String::new();
-        let commit = match first_line("git", &["describe", "--always", "--dirty"]) {
-            c if c.is_empty() => "an unknown commit".to_string(),
+        let commit = match self.commit.as_str() {
+            "" => "an unknown commit".to_string(),
             c => format!("commit {c}"),
         };
         let _ = writeln!(md, "# tarn compared with its peers\n");
