@@ -1034,12 +1034,59 @@ impl Tx {
         })
     }
 
+    /// Reads several paths at once: their gets go out together, so the
+    /// transaction waits one round trip for all of them rather than one
+    /// per path. Each is recorded as a read, as [`Tx::get`] records one;
+    /// the values come back in the order of `paths`.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let server = tarn_server::spawn(tarn_server::ServerConfig::local(dir.path())).await?;
+    /// # let url = server.url();
+    /// use tarn_client::Value;
+    /// let client = tarn_client::Client::connect(&url, Default::default()).await?;
+    /// client.set("accounts/a", Value::Int(10)).await?;
+    /// // Move 3 from a to b, reading both in one round trip.
+    /// client.transact(|tx| Box::pin(async move {
+    ///     let [a, b] = <[Value; 2]>::try_from(tx.get_all(&["accounts/a", "accounts/b"]).await?)
+    ///         .map_err(|_| tarn_client::Error::Closed)?;
+    ///     let int = |v: Value| if let Value::Int(n) = v { n } else { 0 };
+    ///     tx.set("accounts/a", Value::Int(int(a) - 3))?;
+    ///     tx.set("accounts/b", Value::Int(int(b) + 3))
+    /// })).await?;
+    /// assert_eq!(client.get("accounts/b").await?, Value::Int(3));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_all(&mut self, paths: &[&str]) -> Result<Vec<Value>, Error> {
+        let keys = paths
+            .iter()
+            .map(|p| parse_path(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = self.client.clone();
+        let fetched =
+            futures_util::future::try_join_all(keys.iter().map(|k| client.get_versioned(k)))
+                .await?;
+        Ok(keys
+            .iter()
+            .zip(fetched)
+            .map(|(k, (value, seen))| self.record(k, value, seen, false))
+            .collect())
+    }
+
     async fn read(&mut self, path: &str, subtree: bool) -> Result<Value, Error> {
         let keys = parse_path(path)?;
-        let (mut value, seen) = self.client.get_versioned(&keys).await?;
+        let (value, seen) = self.client.get_versioned(&keys).await?;
+        Ok(self.record(&keys, value, seen, subtree))
+    }
+
+    /// Records a read of `keys` that saw `value` as of `seen`, and returns
+    /// what the transaction sees there: the value with this client's
+    /// predictions and this transaction's own writes laid over it.
+    fn record(&mut self, keys: &[String], mut value: Value, seen: Time, subtree: bool) -> Value {
         // This client's unanswered transactions touching the path: the
         // read sees their predictions and depends on them.
-        let laid = lay_predictions(&self.client.shared.lock(), &keys, &mut value);
+        let laid = lay_predictions(&self.client.shared.lock(), keys, &mut value);
         let pending_on = laid.last().copied();
         self.depends_on
             .extend(&laid[..laid.len().saturating_sub(1)]);
@@ -1056,9 +1103,9 @@ impl Tx {
             }),
         }
         for op in &self.ops {
-            op.apply(&keys, &mut value);
+            op.apply(keys, &mut value);
         }
-        Ok(value)
+        value
     }
 
     /// Buffers a set of `path` (`Null` deletes).

@@ -378,7 +378,7 @@ impl Compare<'_> {
             "durable_txn: {} clients, each its own connection, each transaction reading 2 \
              of {} keys and writing both incremented, retried on conflict; every commit \
              fsynced before it is acknowledged (tarn `sync = always` through tarn-client's \
-             `transact`: 2 reads, then the commit; etcd: one txn of 2 serializable reads, \
+             `transact`: `get_all` of both keys in one round trip, then the commit; etcd: one txn of 2 serializable reads, \
              then a txn comparing both mod revisions; PostgreSQL: BEGIN ISOLATION LEVEL \
              SERIALIZABLE, SELECT, 2 UPDATEs, COMMIT, `synchronous_commit = on`). Retried \
              attempts, all runs: {}.",

@@ -150,8 +150,9 @@ async fn txn_tarn(
                 Box::pin(async move {
                     attempts.fetch_add(1, Ordering::Relaxed);
                     let int = |v: Value| if let Value::Int(n) = v { n } else { 0 };
-                    let va = int(tx.get(&pa).await?);
-                    let vb = int(tx.get(&pb).await?);
+                    // Both reads in one round trip.
+                    let both = tx.get_all(&[&pa, &pb]).await?;
+                    let (va, vb) = (int(both[0].clone()), int(both[1].clone()));
                     tx.set(&pa, Value::Int(va + 1))?;
                     tx.set(&pb, Value::Int(vb + 1))?;
                     Ok(())

@@ -111,8 +111,14 @@ fn transfers_keep_the_total_in_every_snapshot() {
                         .transact(move |tx| {
                             Box::pin(async move {
                                 let (f, t) = (format!("bank/a{from}"), format!("bank/a{to}"));
-                                let fb = int(&tx.get(&f).await?);
-                                let tb = int(&tx.get(&t).await?);
+                                // Half the clients read both accounts in
+                                // one round trip.
+                                let (fb, tb) = if c % 2 == 0 {
+                                    let both = tx.get_all(&[&f, &t]).await?;
+                                    (int(&both[0]), int(&both[1]))
+                                } else {
+                                    (int(&tx.get(&f).await?), int(&tx.get(&t).await?))
+                                };
                                 if fb >= amount {
                                     tx.set(&f, Value::Int(fb - amount))?;
                                     tx.set(&t, Value::Int(tb + amount))?;
@@ -129,13 +135,21 @@ fn transfers_keep_the_total_in_every_snapshot() {
         let reader = Client::connect(&server.url, Options::default())
             .await
             .unwrap();
-        for _ in 0..20 {
+        for round in 0..20 {
             let sum = reader
                 .transact(|tx| {
                     Box::pin(async move {
+                        let paths: Vec<String> =
+                            (0..ACCOUNTS).map(|i| format!("bank/a{i}")).collect();
                         let mut sum = 0;
-                        for i in 0..ACCOUNTS {
-                            sum += int(&tx.get(&format!("bank/a{i}")).await?);
+                        if round % 2 == 0 {
+                            // All accounts in one round trip.
+                            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+                            sum = tx.get_all(&refs).await?.iter().map(int).sum();
+                        } else {
+                            for p in &paths {
+                                sum += int(&tx.get(p).await?);
+                            }
                         }
                         Ok(sum)
                     })
