@@ -343,3 +343,97 @@ fn plot(dists: &[Dist], path: &Path) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(name: &str, higher: bool, runs: Vec<(System, Vec<f64>)>) -> Figure {
+        Figure {
+            name: name.into(),
+            unit: "x/s",
+            higher_is_better: higher,
+            runs,
+            goals: vec![(System::Redis, 0.67), (System::Etcd, 10.0)],
+        }
+    }
+
+    #[test]
+    fn lines_give_medians_and_tarn_over_peer_ratios() {
+        let one_peer = figure(
+            "sets",
+            true,
+            vec![
+                (System::Tarn, vec![9.0, 1.0, 5.0]),
+                (System::Redis, vec![10.0, 10.0, 2.0]),
+            ],
+        );
+        assert_eq!(
+            one_peer.lines(),
+            [
+                "compare.sets.tarn 5.000 x/s",
+                "compare.sets.redis 10.0 x/s",
+                "compare.sets.ratio 0.50 x",
+            ]
+        );
+        let two_peers = figure(
+            "lat",
+            false,
+            vec![
+                (System::Tarn, vec![2.0]),
+                (System::Redis, vec![4.0]),
+                (System::Etcd, vec![1.0]),
+            ],
+        );
+        let lines = two_peers.lines();
+        assert!(
+            lines.contains(&"compare.lat.ratio_redis 0.50 x".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"compare.lat.ratio_etcd 2.00 x".to_string()),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn goals_are_met_in_the_direction_of_better() {
+        let rate = figure("r", true, vec![]);
+        assert_eq!(rate.meets(System::Redis, 0.7), Some(true));
+        assert_eq!(rate.meets(System::Redis, 0.6), Some(false));
+        assert_eq!(rate.meets(System::Nats, 0.6), None);
+        let latency = figure("l", false, vec![]);
+        assert_eq!(latency.meets(System::Redis, 0.5), Some(true));
+        assert_eq!(latency.meets(System::Redis, 0.9), Some(false));
+    }
+
+    #[test]
+    fn the_markdown_table_marks_missed_goals() {
+        let report = Report {
+            command: "tarn bench compare".into(),
+            commit: "abc".into(),
+            runs: 5,
+            figures: vec![figure(
+                "sets",
+                true,
+                vec![(System::Tarn, vec![5.0]), (System::Redis, vec![10.0])],
+            )],
+            systems: vec![System::Tarn, System::Redis],
+            notes: vec!["a note".into()],
+            ..Default::default()
+        };
+        let md = report.markdown(false);
+        assert!(md.contains("commit abc"), "{md}");
+        assert!(
+            md.contains(
+                "| sets | x/s | 5.000 | 10.0 | 0.50 (redis) | ≥ 0.67 (redis) | **missed** |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("- a note"), "{md}");
+        assert!(
+            !md.contains("compare-latency.png"),
+            "no plot, no link: {md}"
+        );
+    }
+}
