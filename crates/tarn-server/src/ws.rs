@@ -226,8 +226,9 @@ async fn write_loop(
         // what arrives meanwhile goes out together, in order. "Under load"
         // means the last flush carried more than one update (they arrive
         // faster than they are written); one at a time, an update leaves
-        // at once, so a trickle is never delayed by the tick. Answers to
-        // requests are never held back.
+        // at once, so a trickle is never delayed by the tick. An answer
+        // never starts a hold (one queued behind held updates leaves with
+        // them, in order).
         let is_update = matches!(first.0, Outgoing::Msg(Response::Change { .. }));
         let due = last_flush + tick;
         if is_update && last_updates > 1 && Instant::now() < due {

@@ -1188,11 +1188,21 @@ fn decode_archives(
                             return failed.map_or(Ok(out), Err);
                         };
                         // After a failure, keep taking archives (so the
-                        // fetcher never blocks) without decoding them.
+                        // fetcher never blocks) without decoding them. A
+                        // decoder that panics fails like a damaged archive.
                         if failed.is_none() {
-                            match archive::decode_archive_entries(&name, &bytes) {
-                                Ok(entries) => out.extend(entries),
-                                Err(e) => failed = Some(e),
+                            let decoded = std::panic::catch_unwind(|| {
+                                archive::decode_archive_entries(&name, &bytes)
+                            });
+                            match decoded {
+                                Ok(Ok(entries)) => out.extend(entries),
+                                Ok(Err(e)) => failed = Some(e),
+                                Err(_) => {
+                                    failed = Some(ArchiveError::Damaged {
+                                        name: name.clone(),
+                                        reason: "decoding it panicked".into(),
+                                    })
+                                }
                             }
                         }
                     }
@@ -1221,17 +1231,23 @@ fn decode_archives(
             }
         }
         drop(tx);
-        let mut all = Vec::new();
-        for decoder in decoders {
-            let part = decoder.join().unwrap_or_else(|_| {
-                Err(ArchiveError::Damaged {
-                    name: "(decoder)".into(),
-                    reason: "a decoding thread panicked".into(),
+        // Every decoder is joined before any error is returned.
+        let parts: Vec<_> = decoders
+            .into_iter()
+            .map(|decoder| {
+                decoder.join().unwrap_or_else(|_| {
+                    Err(ArchiveError::Damaged {
+                        name: "(decoder)".into(),
+                        reason: "a decoding thread panicked".into(),
+                    })
                 })
-            })?;
-            all.extend(part);
-        }
+            })
+            .collect();
         fetched?;
+        let mut all = Vec::new();
+        for part in parts {
+            all.extend(part?);
+        }
         Ok(all)
     })
 }

@@ -72,9 +72,14 @@ pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
 /// Rounds of alternating tarn and redis runs with `--vs redis`.
 const ROUNDS: usize = 3;
 
+/// The median (the mean of the middle two of an even count; 0 if empty).
 pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
 }
 
 pub(crate) async fn connect(addr: SocketAddr) -> Result<Ws> {
@@ -204,11 +209,6 @@ impl Window {
         Ok(n)
     }
 
-    /// True when no room is left (time to flush what was written).
-    pub(crate) fn full(&self) -> bool {
-        self.credits.available_permits() == 0
-    }
-
     /// Records that `total` requests have been sent so far.
     pub(crate) fn sent(&self, total: u64) {
         self.sent.store(total, std::sync::atomic::Ordering::Release);
@@ -222,6 +222,39 @@ impl Window {
     /// Whether `answers` covers everything sent so far.
     pub(crate) fn all_answered(&self, answers: u64) -> bool {
         answers >= self.sent.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Ends a connection's load once its reader has stopped: how many
+    /// requests were sent, or why they were not all answered with success
+    /// (`ok` succeeded, `failed` were refused, the first for `first_error`).
+    /// A sender still waiting for room (the reader gave up after 10 s of
+    /// silence, or the server closed the connection) is stopped.
+    pub(crate) async fn finish(
+        &self,
+        sender: tokio::task::JoinHandle<Result<u64>>,
+        ok: u64,
+        failed: u64,
+        first_error: Option<String>,
+    ) -> Result<u64> {
+        if !sender.is_finished() {
+            sender.abort();
+        }
+        let sent = self.sent.load(std::sync::atomic::Ordering::Acquire);
+        let first = first_error.unwrap_or_else(|| "none".into());
+        match sender.await {
+            Ok(Ok(sent)) if failed == 0 && ok == sent => Ok(sent),
+            Ok(Ok(sent)) => anyhow::bail!(
+                "{failed} of {sent} requests failed, {} unanswered; first error: {first}",
+                sent.saturating_sub(ok + failed)
+            ),
+            Ok(Err(e)) => Err(e.context(format!(
+                "sending: {ok} of {sent} answered, {failed} failed; first error: {first}"
+            ))),
+            Err(_) => anyhow::bail!(
+                "no answer for 10 s, or the server closed the connection: {ok} of {sent} \
+                 answered, {failed} failed; first error: {first}"
+            ),
+        }
     }
 }
 
@@ -268,13 +301,10 @@ where
                         Codec::MsgPack.encode_request_into(&make(c, sent), &mut frame);
                         sent += 1;
                     }
-                    tx.feed(Message::Binary(frame.into())).await?;
+                    // One write per pack, as the redis load makes.
+                    tx.send(Message::Binary(frame.into())).await?;
                     sender_window.sent(sent);
-                    if sender_window.full() {
-                        tx.flush().await?;
-                    }
                 }
-                tx.flush().await?;
                 anyhow::Ok(sent)
             });
             let (mut done, mut errors) = (0u64, 0u64);
@@ -283,8 +313,19 @@ where
             while !(sender.is_finished() && window.all_answered(done + errors)) {
                 let msg = tokio::time::timeout(Duration::from_secs(10), rx.next()).await;
                 let Ok(Some(msg)) = msg else { break };
-                if let Message::Binary(b) = msg? {
-                    let answers = Codec::MsgPack.decode_responses(&b)?;
+                // A broken connection or frame ends the load (`finish`
+                // says why), as silence does.
+                let answers = match msg.map_err(anyhow::Error::from).and_then(|m| match m {
+                    Message::Binary(b) => Ok(Codec::MsgPack.decode_responses(&b)?),
+                    _ => Ok(Vec::new()),
+                }) {
+                    Ok(answers) => answers,
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                        break;
+                    }
+                };
+                if !answers.is_empty() {
                     for answer in &answers {
                         match answer {
                             Response::Committed { .. } => done += 1,
@@ -298,13 +339,7 @@ where
                     window.answered(answers.len());
                 }
             }
-            let sent = sender.await??;
-            anyhow::ensure!(
-                errors == 0 && done == sent,
-                "{errors} of {sent} commits failed, {} unanswered; first error: {}",
-                sent - done - errors,
-                first_error.unwrap_or_default()
-            );
+            window.finish(sender, done, errors, first_error).await?;
             anyhow::Ok((done, last))
         }));
     }

@@ -105,6 +105,21 @@ pub fn run(o: Options) -> Result<()> {
         runs: o.runs,
         ..Default::default()
     };
+    // Every server's data goes under the temp dir: on tmpfs, fsync does
+    // nothing and the durable figures would mean nothing.
+    let tmp = std::env::temp_dir();
+    if let Ok(fs) = nix::sys::statfs::statfs(&tmp)
+        && fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC
+    {
+        anyhow::bail!(
+            "{} is a tmpfs, where fsync does nothing: set TMPDIR to a directory on the disk to measure",
+            tmp.display()
+        );
+    }
+    report.notes.push(format!(
+        "Every server's data lived under {}.",
+        tmp.display()
+    ));
     let mut installed = vec![];
     for s in System::ALL {
         match s.locate() {
@@ -135,23 +150,33 @@ pub fn run(o: Options) -> Result<()> {
         report: &mut report,
         installed,
     };
+    let mut failed = Ok(());
     for w in selected {
-        match w {
-            Workload::Sets => c.sets()?,
-            Workload::DurableTxn => c.durable_txn()?,
-            Workload::Fanout => c.fanout()?,
-            Workload::WatchLatency => c.watch_latency()?,
-            Workload::Recovery => c.recovery()?,
+        let done = match w {
+            Workload::Sets => c.sets(),
+            Workload::DurableTxn => c.durable_txn(),
+            Workload::Fanout => c.fanout(),
+            Workload::WatchLatency => c.watch_latency(),
+            Workload::Recovery => c.recovery(),
+        };
+        // The figures measured so far are still written.
+        if let Err(e) = done {
+            c.report
+                .notes
+                .push(format!("The run stopped at {w:?}: {e:#}"));
+            failed = Err(e);
+            break;
         }
     }
     if !c.cpu_notes.is_empty() {
         let cpu = c.cpu_notes.join("; ");
         c.report.notes.push(format!(
-            "CPU time per run, each system's server and this process generating the \
-             load (tarn under --perf is not counted): {cpu}."
+            "CPU time per run, each system's server (with its child processes; under \
+             --perf, perf's own time too) and this process generating the load: {cpu}."
         ));
     }
-    report.write(&o.out)
+    report.write(&o.out)?;
+    failed
 }
 
 /// Lifts the soft limit on open files to the hard one: 10,000 subscribers
@@ -242,6 +267,10 @@ impl Compare<'_> {
         // load) over its runs.
         let mut cpu: BTreeMap<System, (f64, f64)> = BTreeMap::new();
         for round in 1..=self.o.runs {
+            // Each round starts with the next system, so none always
+            // follows the same one (and inherits its background work).
+            let n = servers.len();
+            servers.rotate_left(usize::from(round > 1) % n.max(1));
             for server in servers.iter_mut() {
                 bar.set_message(format!("run {round}: {}", server.system.name()));
                 let (server_before, load_before) =
@@ -627,5 +656,9 @@ mod tests {
         assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.99), 3.0);
         assert_eq!(count_name(10_000), "10k");
         assert_eq!(count_name(100), "100");
+        let median = crate::bench_server::median;
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

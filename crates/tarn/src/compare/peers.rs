@@ -184,127 +184,138 @@ impl Server {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = free_port()?;
         let d = dir.to_string_lossy().to_string();
-        let spec = match system {
-            System::Tarn => {
-                let mut args = vec![
-                    "serve".into(),
-                    "--data".into(),
-                    format!("{d}/data"),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                ];
-                let mut program = program;
-                if let Some(out) = &settings.perf_to {
-                    let mut wrapped: Vec<String> = [
-                        "record",
-                        "-e",
-                        "cpu-clock",
-                        "-F",
-                        "499",
-                        // Release builds have no frame pointers: unwind
-                        // with DWARF, or Rust frames go missing.
-                        "--call-graph",
-                        "dwarf,16384",
-                        "-o",
-                        &out.to_string_lossy(),
-                        "--",
-                        &program.to_string_lossy(),
-                    ]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                    wrapped.append(&mut args);
-                    args = wrapped;
-                    program = which("perf").context(
-                        "--perf needs perf: apt-get install linux-perf (Debian's package)",
-                    )?;
+        // The dir goes with the server; until there is one, an error
+        // removes it here.
+        let spec = (|| -> Result<Spec> {
+            Ok(match system {
+                System::Tarn => {
+                    let mut args = vec![
+                        "serve".into(),
+                        "--data".into(),
+                        format!("{d}/data"),
+                        "--listen".into(),
+                        format!("127.0.0.1:{port}"),
+                    ];
+                    let mut program = program;
+                    if let Some(out) = &settings.perf_to {
+                        let mut wrapped: Vec<String> = [
+                            "record",
+                            "-e",
+                            "cpu-clock",
+                            "-F",
+                            "499",
+                            // Release builds have no frame pointers: unwind
+                            // with DWARF, or Rust frames go missing.
+                            "--call-graph",
+                            "dwarf,16384",
+                            "-o",
+                            &out.to_string_lossy(),
+                            "--",
+                            &program.to_string_lossy(),
+                        ]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                        wrapped.append(&mut args);
+                        args = wrapped;
+                        program = which("perf").context(
+                            "--perf needs perf: apt-get install linux-perf (Debian's package)",
+                        )?;
+                    }
+                    Spec {
+                        program,
+                        args,
+                        envs: vec![
+                            (
+                                "TARN_WAL_SYNC".into(),
+                                settings.tarn_sync.unwrap_or("batch(2)").into(),
+                            ),
+                            ("TARN_LIMITS_MAX_CONNECTIONS".into(), "30000".into()),
+                            (
+                                "TARN_LIMITS_MAX_REQUESTS_PER_SEC".into(),
+                                u32::MAX.to_string(),
+                            ),
+                            ("RUST_LOG".into(), "warn".into()),
+                        ],
+                        user: None,
+                    }
                 }
-                Spec {
-                    program,
-                    args,
-                    envs: vec![
-                        (
-                            "TARN_WAL_SYNC".into(),
-                            settings.tarn_sync.unwrap_or("batch(2)").into(),
-                        ),
-                        ("TARN_LIMITS_MAX_CONNECTIONS".into(), "30000".into()),
-                        (
-                            "TARN_LIMITS_MAX_REQUESTS_PER_SEC".into(),
-                            u32::MAX.to_string(),
-                        ),
-                        ("RUST_LOG".into(), "warn".into()),
-                    ],
-                    user: None,
+                System::Redis => {
+                    let mut args: Vec<String> = vec![
+                        "--port".into(),
+                        port.to_string(),
+                        "--bind".into(),
+                        "127.0.0.1".into(),
+                        "--save".into(),
+                        "".into(),
+                        "--dir".into(),
+                        d.clone(),
+                        "--maxclients".into(),
+                        "30000".into(),
+                        "--appendonly".into(),
+                        if settings.redis_aof { "yes" } else { "no" }.into(),
+                        "--appendfsync".into(),
+                        "everysec".into(),
+                    ];
+                    if settings.redis_notify {
+                        args.extend(["--notify-keyspace-events".into(), "K$".into()]);
+                    }
+                    Spec {
+                        program,
+                        args,
+                        envs: vec![],
+                        user: None,
+                    }
                 }
-            }
-            System::Redis => {
-                let mut args: Vec<String> = vec![
-                    "--port".into(),
-                    port.to_string(),
-                    "--bind".into(),
-                    "127.0.0.1".into(),
-                    "--save".into(),
-                    "".into(),
-                    "--dir".into(),
-                    d.clone(),
-                    "--maxclients".into(),
-                    "30000".into(),
-                    "--appendonly".into(),
-                    if settings.redis_aof { "yes" } else { "no" }.into(),
-                    "--appendfsync".into(),
-                    "everysec".into(),
-                ];
-                if settings.redis_notify {
-                    args.extend(["--notify-keyspace-events".into(), "K$".into()]);
+                System::Etcd => {
+                    let peer = free_port()?;
+                    Spec {
+                        program,
+                        args: vec![
+                            "--name".into(),
+                            "bench".into(),
+                            "--data-dir".into(),
+                            format!("{d}/data"),
+                            "--listen-client-urls".into(),
+                            format!("http://127.0.0.1:{port}"),
+                            "--advertise-client-urls".into(),
+                            format!("http://127.0.0.1:{port}"),
+                            "--listen-peer-urls".into(),
+                            format!("http://127.0.0.1:{peer}"),
+                            "--initial-advertise-peer-urls".into(),
+                            format!("http://127.0.0.1:{peer}"),
+                            "--initial-cluster".into(),
+                            format!("bench=http://127.0.0.1:{peer}"),
+                            "--log-level".into(),
+                            "warn".into(),
+                        ],
+                        envs: vec![(
+                            "ETCD_UNSUPPORTED_ARCH".into(),
+                            std::env::consts::ARCH.into(),
+                        )],
+                        user: None,
+                    }
                 }
-                Spec {
-                    program,
-                    args,
-                    envs: vec![],
-                    user: None,
-                }
-            }
-            System::Etcd => {
-                let peer = free_port()?;
-                Spec {
+                System::Nats => Spec {
                     program,
                     args: vec![
-                        "--name".into(),
-                        "bench".into(),
-                        "--data-dir".into(),
-                        format!("{d}/data"),
-                        "--listen-client-urls".into(),
-                        format!("http://127.0.0.1:{port}"),
-                        "--advertise-client-urls".into(),
-                        format!("http://127.0.0.1:{port}"),
-                        "--listen-peer-urls".into(),
-                        format!("http://127.0.0.1:{peer}"),
-                        "--initial-advertise-peer-urls".into(),
-                        format!("http://127.0.0.1:{peer}"),
-                        "--initial-cluster".into(),
-                        format!("bench=http://127.0.0.1:{peer}"),
-                        "--log-level".into(),
-                        "warn".into(),
+                        "-a".into(),
+                        "127.0.0.1".into(),
+                        "-p".into(),
+                        port.to_string(),
                     ],
-                    envs: vec![(
-                        "ETCD_UNSUPPORTED_ARCH".into(),
-                        std::env::consts::ARCH.into(),
-                    )],
+                    envs: vec![],
                     user: None,
-                }
+                },
+                System::Postgres => postgres_spec(&program, &dir, port)?,
+            })
+        })();
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
             }
-            System::Nats => Spec {
-                program,
-                args: vec![
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.to_string(),
-                ],
-                envs: vec![],
-                user: None,
-            },
-            System::Postgres => postgres_spec(&program, &dir, port)?,
         };
         let mut server = Server {
             system,

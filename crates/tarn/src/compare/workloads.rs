@@ -89,32 +89,72 @@ async fn pg_connect(port: u16) -> Result<tokio_postgres::Client> {
 /// one serializable transaction committed with an fsync, retried on
 /// conflict, for `duration`.
 pub async fn durable_txn(system: System, port: u16, duration: Duration) -> Result<TxnRun> {
-    let start = Instant::now();
-    let deadline = start + duration;
+    // Every client connects (and prepares) first; the measured time runs
+    // from their common start to the last one's last commit.
+    let gate = Arc::new(tokio::sync::Barrier::new(TXN_CLIENTS));
+    let seed = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..TXN_CLIENTS {
+        let gate = Arc::clone(&gate);
         tasks.spawn(async move {
             let rng =
-                rand::rngs::StdRng::seed_from_u64(c as u64 ^ start.elapsed().as_nanos() as u64);
+                rand::rngs::StdRng::seed_from_u64(c as u64 ^ seed.elapsed().as_nanos() as u64);
+            let load = Load {
+                rng,
+                gate,
+                duration,
+            };
             match system {
-                System::Tarn => txn_tarn(port, rng, deadline).await,
-                System::Etcd => txn_etcd(port, rng, deadline).await,
-                System::Postgres => txn_postgres(port, rng, deadline).await,
+                System::Tarn => txn_tarn(port, load).await,
+                System::Etcd => txn_etcd(port, load).await,
+                System::Postgres => txn_postgres(port, load).await,
                 other => bail!("durable_txn does not run on {}", other.name()),
             }
         });
     }
     let (mut latencies_ms, mut retries) = (Vec::new(), 0);
+    let (mut start, mut end): (Option<Instant>, Option<Instant>) = (None, None);
     while let Some(client) = tasks.join_next().await {
-        let (lat, r) = client??;
-        latencies_ms.extend(lat);
-        retries += r;
+        let done = client??;
+        latencies_ms.extend(done.latencies_ms);
+        retries += done.retries;
+        start = Some(start.map_or(done.started, |s| s.min(done.started)));
+        end = Some(end.map_or(done.finished, |e| e.max(done.finished)));
     }
+    let secs = match (start, end) {
+        (Some(s), Some(e)) => e.duration_since(s).as_secs_f64(),
+        _ => 0.0,
+    };
     Ok(TxnRun {
-        per_sec: latencies_ms.len() as f64 / start.elapsed().as_secs_f64(),
+        per_sec: latencies_ms.len() as f64 / secs.max(1e-9),
         latencies_ms,
         retries,
     })
+}
+
+/// One `durable_txn` client's inputs.
+struct Load {
+    rng: rand::rngs::StdRng,
+    /// Passed once every client is connected.
+    gate: Arc<tokio::sync::Barrier>,
+    duration: Duration,
+}
+
+impl Load {
+    /// Waits for every client, then gives the time to stop.
+    async fn start(&self) -> (Instant, Instant) {
+        self.gate.wait().await;
+        let started = Instant::now();
+        (started, started + self.duration)
+    }
+}
+
+/// What one `durable_txn` client did.
+struct ClientRun {
+    latencies_ms: Vec<f64>,
+    retries: u64,
+    started: Instant,
+    finished: Instant,
 }
 
 fn pick(rng: &mut impl Rng) -> (u64, u64) {
@@ -127,11 +167,7 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-async fn txn_tarn(
-    port: u16,
-    mut rng: rand::rngs::StdRng,
-    deadline: Instant,
-) -> Result<(Vec<f64>, u64)> {
+async fn txn_tarn(port: u16, mut load: Load) -> Result<ClientRun> {
     use tarn_client::Value;
     let options = tarn_client::Options {
         max_attempts: 100_000,
@@ -140,8 +176,9 @@ async fn txn_tarn(
     let client = tarn_client::Client::connect(&format!("ws://127.0.0.1:{port}"), options).await?;
     let attempts = Arc::new(AtomicU64::new(0));
     let mut lat = Vec::new();
+    let (started, deadline) = load.start().await;
     while Instant::now() < deadline {
-        let (a, b) = pick(&mut rng);
+        let (a, b) = pick(&mut load.rng);
         let (pa, pb) = (format!("dt/k{a}"), format!("dt/k{b}"));
         let t = Instant::now();
         client
@@ -161,20 +198,22 @@ async fn txn_tarn(
             .await?;
         lat.push(ms(t));
     }
+    let finished = Instant::now();
     client.close().await;
-    let retries = attempts.load(Ordering::Relaxed) - lat.len() as u64;
-    Ok((lat, retries))
+    Ok(ClientRun {
+        retries: attempts.load(Ordering::Relaxed) - lat.len() as u64,
+        latencies_ms: lat,
+        started,
+        finished,
+    })
 }
 
-async fn txn_etcd(
-    port: u16,
-    mut rng: rand::rngs::StdRng,
-    deadline: Instant,
-) -> Result<(Vec<f64>, u64)> {
+async fn txn_etcd(port: u16, mut load: Load) -> Result<ClientRun> {
     let mut etcd = Etcd::connect(port).await?;
     let (mut lat, mut retries) = (Vec::new(), 0);
+    let (started, deadline) = load.start().await;
     while Instant::now() < deadline {
-        let (a, b) = pick(&mut rng);
+        let (a, b) = pick(&mut load.rng);
         let (ka, kb) = (
             format!("dt/k{a}").into_bytes(),
             format!("dt/k{b}").into_bytes(),
@@ -206,14 +245,15 @@ async fn txn_etcd(
         }
         lat.push(ms(t));
     }
-    Ok((lat, retries))
+    Ok(ClientRun {
+        latencies_ms: lat,
+        retries,
+        started,
+        finished: Instant::now(),
+    })
 }
 
-async fn txn_postgres(
-    port: u16,
-    mut rng: rand::rngs::StdRng,
-    deadline: Instant,
-) -> Result<(Vec<f64>, u64)> {
+async fn txn_postgres(port: u16, mut load: Load) -> Result<ClientRun> {
     use tokio_postgres::error::SqlState;
     let mut client = pg_connect(port).await?;
     let select = client
@@ -221,8 +261,9 @@ async fn txn_postgres(
         .await?;
     let update = client.prepare("UPDATE kv SET v = $2 WHERE k = $1").await?;
     let (mut lat, mut retries) = (Vec::new(), 0);
+    let (started, deadline) = load.start().await;
     while Instant::now() < deadline {
-        let (a, b) = pick(&mut rng);
+        let (a, b) = pick(&mut load.rng);
         let keys = vec![a as i32, b as i32];
         let t = Instant::now();
         loop {
@@ -252,7 +293,12 @@ async fn txn_postgres(
         }
         lat.push(ms(t));
     }
-    Ok((lat, retries))
+    Ok(ClientRun {
+        latencies_ms: lat,
+        retries,
+        started,
+        finished: Instant::now(),
+    })
 }
 
 /// What a delivery-latency run watches.
