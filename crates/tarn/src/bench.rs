@@ -89,9 +89,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ];
             for w in &mut workloads {
                 let m = measure(w.as_mut(), duration);
-                println!("core.{} {:.0} {}", w.metric(), m.units_per_sec, w.unit());
+                out!("core.{} {:.0} {}", w.metric(), m.units_per_sec, w.unit());
                 if w.metric() != "fanout_deliveries_per_sec" {
-                    println!(
+                    out!(
                         "core.{}_mean_us {:.3} us",
                         w.metric().trim_end_matches("_per_sec"),
                         m.us_per_op

@@ -20,11 +20,11 @@ pub fn run(duration: Duration) -> Result<()> {
     crate::bench::with_server("client", |addr| async move {
         let url = format!("ws://{addr}/v1/ws");
         let (rate, reruns) = transact_rate(&url, duration).await?;
-        println!("client.transact_per_sec {rate:.0} txn/s");
-        println!("client.transact_reruns_per_commit {reruns:.2} runs");
+        out!("client.transact_per_sec {rate:.0} txn/s");
+        out!("client.transact_reruns_per_commit {reruns:.2} runs");
         let (p50, p99) = predicted_apply(&url).await?;
-        println!("client.predicted_apply_us {p50:.1} us");
-        println!("client.predicted_apply_p99_us {p99:.1} us");
+        out!("client.predicted_apply_us {p50:.1} us");
+        out!("client.predicted_apply_p99_us {p99:.1} us");
         Ok(())
     })
 }

@@ -46,25 +46,25 @@ pub fn run(duration: Duration, vs_redis: bool) -> Result<()> {
                 bare.push(redis_sets(duration, false)?);
             }
             let (tarn, aof, bare) = (median(tarn), median(aof), median(bare));
-            println!("server.ws_sets_per_sec {tarn:.0} sets/s");
-            println!("server.redis_pipelined_sets_per_sec {aof:.0} sets/s");
-            println!("server.vs_redis_set_ratio {:.2} x", tarn / aof.max(1.0));
-            println!("server.redis_nopersist_sets_per_sec {bare:.0} sets/s");
-            println!(
+            out!("server.ws_sets_per_sec {tarn:.0} sets/s");
+            out!("server.redis_pipelined_sets_per_sec {aof:.0} sets/s");
+            out!("server.vs_redis_set_ratio {:.2} x", tarn / aof.max(1.0));
+            out!("server.redis_nopersist_sets_per_sec {bare:.0} sets/s");
+            out!(
                 "server.vs_redis_nopersist_set_ratio {:.2} x",
                 tarn / bare.max(1.0)
             );
         } else {
             let sets = ws_sets(addr, duration).await?;
-            println!("server.ws_sets_per_sec {sets:.0} sets/s");
+            out!("server.ws_sets_per_sec {sets:.0} sets/s");
         }
         let (p50, p99) = commit_rtt(addr, duration).await?;
-        println!("server.commit_rtt_p50_us {p50:.0} us");
-        println!("server.commit_rtt_p99_us {p99:.0} us");
+        out!("server.commit_rtt_p50_us {p50:.0} us");
+        out!("server.commit_rtt_p99_us {p99:.0} us");
         let fanout = fanout_p99(addr).await?;
-        println!("server.fanout_p99_ms {fanout:.1} ms");
+        out!("server.fanout_p99_ms {fanout:.1} ms");
         let bytes = bytes_per_write(addr).await?;
-        println!("server.bytes_per_write {bytes} bytes");
+        out!("server.bytes_per_write {bytes} bytes");
         Ok(())
     })
 }

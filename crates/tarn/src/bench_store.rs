@@ -40,7 +40,7 @@ pub fn run(dir: &FsPath, duration: Duration, committers: usize, replay_mib: u64)
     let scratch = Scratch(dir.to_path_buf());
 
     let fsyncs = fsync_loop(&scratch.0.join("fsync"), duration)?;
-    println!("store.fsync_per_sec {fsyncs:.0} fsyncs/s");
+    out!("store.fsync_per_sec {fsyncs:.0} fsyncs/s");
 
     let (always, stats) = commits(
         &scratch.0.join("always"),
@@ -48,12 +48,12 @@ pub fn run(dir: &FsPath, duration: Duration, committers: usize, replay_mib: u64)
         committers,
         duration,
     )?;
-    println!("store.durable_commits_per_sec {always:.0} commits/s");
-    println!(
+    out!("store.durable_commits_per_sec {always:.0} commits/s");
+    out!(
         "store.commits_per_fsync {:.1} commits/fsync",
         stats.commits as f64 / stats.flushes.max(1) as f64
     );
-    println!(
+    out!(
         "store.durable_vs_fsync_ratio {:.1} x",
         always / fsyncs.max(1.0)
     );
@@ -64,11 +64,11 @@ pub fn run(dir: &FsPath, duration: Duration, committers: usize, replay_mib: u64)
         committers,
         duration,
     )?;
-    println!("store.commits_per_sec_batch {batch:.0} commits/s");
+    out!("store.commits_per_sec_batch {batch:.0} commits/s");
 
     let (mb, secs) = replay(&scratch.0.join("replay"), replay_mib)?;
-    println!("store.replay_mb_per_sec {mb:.0} MB/s");
-    println!("store.replay_secs {secs:.2} s");
+    out!("store.replay_mb_per_sec {mb:.0} MB/s");
+    out!("store.replay_secs {secs:.2} s");
     Ok(())
 }
 
@@ -220,7 +220,7 @@ pub fn replay_probe(dir: &FsPath) -> Result<()> {
     )
     .with_context(|| format!("opening {}", dir.display()))?;
     let secs = start.elapsed().as_secs_f64();
-    println!("{} {secs}", db.recovery().wal_bytes);
+    out!("{} {secs}", db.recovery().wal_bytes);
     // Exit without tearing down a gigabyte of tree: not part of startup.
     std::process::exit(0)
 }

@@ -156,7 +156,7 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
             tarn_store::restore(backup, data).with_context(|| {
                 format!("restoring {} into {}", backup.display(), data.display())
             })?;
-            println!(
+            out!(
                 "restored {} into {}; start it with `tarn serve --data {}`",
                 backup.display(),
                 data.display(),
@@ -217,15 +217,15 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
         .await
         .context("reading the answer")?;
     if matches!(cmd, ClientCommand::Status { .. }) {
-        println!("ok: {} is up", server.server);
+        out!("ok: {} is up", server.server);
         return Ok(());
     }
     let value: serde_json::Value =
         serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
     if std::io::stdout().is_terminal() {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("{value}");
+        out!("{value}");
     }
     Ok(())
 }
@@ -277,7 +277,7 @@ async fn watch(http: &reqwest::Client, server: &ServerArg, path: &str) -> Result
                 event = kind.to_string();
             } else if let Some(data) = line.strip_prefix("data: ") {
                 let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({ "event": event, "path": data["path"], "data": data["data"] })
                 );
@@ -361,9 +361,10 @@ async fn import(
     bar.finish_and_clear();
     let text = response?.text().await.context("reading the answer")?;
     let stats: serde_json::Value = serde_json::from_str(&text).context("reading the answer")?;
-    println!(
+    out!(
         "imported {} leaves in {} commits",
-        stats["leaves"], stats["commits"]
+        stats["leaves"],
+        stats["commits"]
     );
     Ok(())
 }

@@ -2,6 +2,27 @@
 //! client. Each verb lives in its own module; this file only parses the
 //! command line and dispatches.
 
+/// `println!` for output a pipe may close early (`tarn watch x | head`):
+/// a closed stdout ends the process quietly, as it ends `cat`, instead of
+/// panicking; any other write error is reported and exits 1.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout for [`out!`].
+fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 mod bench;
 mod bench_client;
 mod bench_server;

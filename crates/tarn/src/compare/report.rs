@@ -123,7 +123,7 @@ impl Report {
     /// Prints a figure's lines and keeps it.
     pub fn add(&mut self, figure: Figure) {
         for line in figure.lines() {
-            println!("{line}");
+            out!("{line}");
         }
         self.figures.push(figure);
     }

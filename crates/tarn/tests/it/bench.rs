@@ -212,3 +212,26 @@ fn bench_compare_runs_every_workload_against_every_peer() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `tarn bench core | head -1`: the reader goes away after one line; the
+/// next lines end the process quietly (exit 0), not with a panic.
+#[test]
+fn a_closed_stdout_ends_the_bench_quietly() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "core", "--duration-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("core."), "{first}");
+    // The reader (and the pipe's only read end) is gone here.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
