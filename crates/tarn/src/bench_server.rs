@@ -464,35 +464,15 @@ async fn bytes_per_write(addr: SocketAddr) -> Result<usize> {
 /// closest to tarn's `sync = batch(2)`, which syncs every 2 ms. Without,
 /// redis keeps writes only in memory.
 fn redis_sets(duration: Duration, aof: bool) -> Result<f64> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = std::env::temp_dir().join(format!("tarn-bench-redis-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    let mut server = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            &dir.to_string_lossy(),
-            "--appendonly",
-            if aof { "yes" } else { "no" },
-            "--appendfsync",
-            "everysec",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting redis-server (apt-get install redis-server)")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "redis-server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    use crate::compare::peers::{Server, Settings, System};
+    let server = Server::start(
+        System::Redis,
+        &Settings {
+            redis_aof: aof,
+            ..Default::default()
+        },
+    )?;
+    let port = server.port;
     let requests = (2_000_000.0 * duration.as_secs_f64()).max(100_000.0) as u64;
     let out = std::process::Command::new("redis-benchmark")
         .args([
@@ -510,9 +490,8 @@ fn redis_sets(duration: Duration, aof: bool) -> Result<f64> {
         ])
         .output()
         .context("running redis-benchmark");
-    let _ = server.kill();
-    let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    // Stops redis and removes its dir.
+    drop(server);
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rate = text

@@ -15,7 +15,7 @@
 //! | `recovery`: restart after SIGKILL with 1 GiB | WAL + archives | redis AOF |
 
 pub mod etcd;
-mod peers;
+pub(crate) mod peers;
 mod recovery;
 mod report;
 mod resp;
