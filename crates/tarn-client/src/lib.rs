@@ -40,7 +40,7 @@
 //! The protocol underneath is documented in `docs/protocol.md`.
 
 mod conn;
-mod tree;
+use tarn_core::tree;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;

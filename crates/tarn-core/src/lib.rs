@@ -18,6 +18,7 @@ pub mod engine;
 pub mod path;
 pub mod store;
 pub mod time;
+pub mod tree;
 pub mod txn;
 pub mod value;
 #[cfg(feature = "serde")]

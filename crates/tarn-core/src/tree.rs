@@ -1,11 +1,12 @@
-//! Values as trees: reading under a path, applying leaf changes from the
-//! server and the writes of predicted transactions. Keys are path keys;
-//! an object with no children is absent (`Null`), as in the server.
+//! Values as trees: reading under a path and applying writes to a value
+//! (tarn-client's cache and predictions, a server function's own writes).
+//! Keys are path keys; an object with no children is absent (`Null`), as
+//! in the store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tarn_core::Value;
+use crate::Value;
 
 /// The value at `rel` under `v` (`Null` if absent).
 pub fn get<'a>(v: &'a Value, rel: &[&str]) -> &'a Value {
