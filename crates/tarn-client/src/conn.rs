@@ -152,6 +152,9 @@ fn close_all(state: &mut State) {
     for (_, (_, reply)) in state.gets.drain() {
         let _ = reply.send(Err(Error::Closed));
     }
+    for (_, (_, reply)) in state.calls.drain() {
+        let _ = reply.send(Err(Error::Closed));
+    }
     state.watches.clear();
 }
 
@@ -180,6 +183,9 @@ async fn session(shared: &Shared, ws: Ws, healthy: &mut bool) -> Result<(), Stri
                 at: None,
             });
         }
+        let mut calls: Vec<&u64> = state.calls.keys().collect();
+        calls.sort_unstable();
+        reqs.extend(calls.into_iter().map(|id| state.calls[id].0.clone()));
         state.connected = true;
         reqs.extend(sendable(shared, &mut state));
         reqs
@@ -384,6 +390,21 @@ fn handle(state: &mut State, msg: Response) {
                 kind: UpdateKind::Committed(list),
             });
         }
+        Response::Result {
+            id,
+            value,
+            time,
+            reruns,
+            ..
+        } => {
+            if let Some((_, reply)) = state.calls.remove(&id) {
+                let _ = reply.send(Ok(crate::CallResult {
+                    value: value.0,
+                    time: time.map(Time::from),
+                    reruns,
+                }));
+            }
+        }
         Response::Committed { id, time } => {
             if let Some(seq) = state.commit_requests.remove(&id) {
                 finish(state, seq, Ok(time.into()));
@@ -393,6 +414,8 @@ fn handle(state: &mut State, msg: Response) {
             if let Some(seq) = state.commit_requests.remove(&id) {
                 finish(state, seq, Err(Error::Server(error)));
             } else if let Some((_, reply)) = state.gets.remove(&id) {
+                let _ = reply.send(Err(Error::Server(error)));
+            } else if let Some((_, reply)) = state.calls.remove(&id) {
                 let _ = reply.send(Err(Error::Server(error)));
             } else if let Some(local) = state.watch_requests.remove(&id) {
                 match error.code {

@@ -384,6 +384,19 @@ struct WatchState {
 /// Where a `get`'s answer goes: the value and its `seen` version.
 type GetReply = oneshot::Sender<Result<(Value, Time), Error>>;
 
+type CallReply = oneshot::Sender<Result<CallResult, Error>>;
+
+/// What a server function returned (see [`Client::call`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallResult {
+    /// The function's return value.
+    pub value: Value,
+    /// The commit time of its writes.
+    pub time: Option<Time>,
+    /// Times the server reran it after a conflict.
+    pub reruns: u32,
+}
+
 /// What the client knows; guarded by one mutex, shared with the
 /// connection task.
 #[derive(Default)]
@@ -400,6 +413,9 @@ struct State {
     /// Request id → seq, for answers.
     commit_requests: HashMap<u64, u64>,
     gets: HashMap<u64, (String, GetReply)>,
+    /// Unanswered function calls by request id: sent again after a
+    /// reconnect with the same call id, which the server answers once.
+    calls: HashMap<u64, (tarn_proto::Request, CallReply)>,
     watches: HashMap<u64, WatchState>,
     /// Request id → local watch, for `watching` answers.
     watch_requests: HashMap<u64, u64>,
@@ -714,6 +730,32 @@ impl Client {
                     .unsent
                     .push_back(tarn_proto::Request::Get { id, path, at: None });
             }
+        }
+        self.shared.wake.notify_one();
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Calls `function` of the deployed module with `args` on the server
+    /// and resolves with what it returned, once its writes are durable.
+    /// The call carries an id of this client's: if the connection drops,
+    /// it is sent again after the reconnect and the server runs it at
+    /// most once.
+    pub async fn call(&self, function: &str, args: Value) -> Result<CallResult, Error> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.live()?;
+            let id = state.next_request;
+            state.next_request += 1;
+            let req = tarn_proto::Request::Call {
+                id,
+                function: function.to_string(),
+                args: tarn_proto::WireValue(args),
+                call_id: Some(format!("{:016x}-{id}", self.shared.client_id)),
+            };
+            if state.connected {
+                state.unsent.push_back(req.clone());
+            }
+            state.calls.insert(id, (req, tx));
         }
         self.shared.wake.notify_one();
         rx.await.map_err(|_| Error::Closed)?

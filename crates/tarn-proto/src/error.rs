@@ -54,6 +54,23 @@ pub enum ErrorCode {
     Unavailable,
     /// No such route or method (HTTP).
     NotFound,
+    /// A function was called and no module is deployed.
+    NoModule,
+    /// The deployed module exports no function of that name.
+    UnknownFunction,
+    /// The function threw (its message says what and where).
+    FunctionError,
+    /// The function ran past its time limit (`functions.timeout_ms`).
+    Timeout,
+    /// The function used more memory than its limit
+    /// (`functions.memory_bytes`).
+    OutOfMemory,
+    /// The function recursed past its stack limit
+    /// (`functions.stack_bytes`).
+    StackOverflow,
+    /// A deployed module does not compile or its top-level code throws:
+    /// `line` and `column` say where. The previous module keeps serving.
+    BadModule,
     /// A bug or an unexpected failure on the server.
     Internal,
 }
@@ -82,6 +99,13 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::NoModule => "no_module",
+            ErrorCode::UnknownFunction => "unknown_function",
+            ErrorCode::FunctionError => "function_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::OutOfMemory => "out_of_memory",
+            ErrorCode::StackOverflow => "stack_overflow",
+            ErrorCode::BadModule => "bad_module",
             ErrorCode::Internal => "internal",
         }
     }
@@ -104,6 +128,12 @@ pub struct ErrorBody {
     /// For conflicts: the newer write that beat it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newer: Option<WireTime>,
+    /// For `bad_module`: the 1-based line of the error in the module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// For `bad_module`: the 1-based column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
 }
 
 impl ErrorBody {
@@ -115,6 +145,15 @@ impl ErrorBody {
             path: None,
             seen: None,
             newer: None,
+            line: None,
+            column: None,
         }
+    }
+}
+
+impl ErrorCode {
+    /// The code named `s` on the wire, if it is one.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
     }
 }

@@ -178,6 +178,25 @@ pub enum Request {
         /// Request id.
         id: u64,
     },
+    /// Calls a function of the deployed module.
+    Call {
+        /// Request id.
+        id: u64,
+        /// The exported function.
+        #[serde(rename = "fn")]
+        function: String,
+        /// Its arguments (any JSON value; absent is `null`).
+        #[serde(default = "null_value")]
+        args: WireValue,
+        /// The caller's id for this call (one path key): a repeat is
+        /// answered with the first one's outcome and never runs again.
+        #[serde(default, rename = "callId", skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+    },
+}
+
+fn null_value() -> WireValue {
+    WireValue(tarn_core::Value::Null)
 }
 
 fn yes() -> bool {
@@ -210,6 +229,7 @@ impl Request {
             | Request::Watch { id, .. }
             | Request::Unwatch { id, .. }
             | Request::Commit { id, .. }
+            | Request::Call { id, .. }
             | Request::Ping { id } => *id,
         }
     }
@@ -287,6 +307,23 @@ pub enum Response {
         /// Request id.
         id: u64,
     },
+    /// Answers `call`: what the function returned, once its writes are
+    /// durable.
+    Result {
+        /// Request id.
+        id: u64,
+        /// The return value.
+        value: WireValue,
+        /// The commit time of its writes, if it wrote (or has a call id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time: Option<WireTime>,
+        /// Times it was rerun after a conflict.
+        #[serde(default)]
+        reruns: u32,
+        /// True when answered from an earlier call with the same id.
+        #[serde(default, skip_serializing_if = "is_false")]
+        replayed: bool,
+    },
     /// Sent before the server closes the connection.
     Close {
         /// Why.
@@ -304,6 +341,34 @@ pub struct TxBody {
     /// What it writes.
     #[serde(default)]
     pub writes: Vec<WireWrite>,
+}
+
+/// Answer of `POST /v1/call/{fn}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallResultBody {
+    /// The return value.
+    pub result: WireValue,
+    /// The commit time of its writes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<WireTime>,
+    /// Times it was rerun after a conflict.
+    #[serde(default)]
+    pub reruns: u32,
+    /// True when answered from an earlier call with the same id.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Answer of `PUT /v1/module` and `GET /v1/module`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleBody {
+    /// The module version (1, 2, ...).
+    pub version: u64,
+    /// Its exported functions.
+    pub functions: Vec<String>,
+    /// Its source (`GET` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Answer of a successful commit over HTTP.

@@ -16,6 +16,9 @@
 //! [limits]
 //! max_message_bytes = 16777216
 //! max_watches_per_connection = 10000
+//! [functions]
+//! timeout_ms = 100
+//! memory_bytes = 67108864
 //! ```
 
 use std::net::SocketAddr;
@@ -49,6 +52,54 @@ pub struct ServerConfig {
     pub archive: ArchiveConfig,
     /// Limits (DESIGN §10).
     pub limits: Limits,
+    /// Server functions.
+    pub functions: FunctionsConfig,
+}
+
+/// `[functions]`: limits of the app's server functions.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionsConfig {
+    /// Wall time of one run, in ms (`timeout`).
+    pub timeout_ms: u64,
+    /// Memory one run may allocate (`out_of_memory`).
+    pub memory_bytes: usize,
+    /// JavaScript stack of one run (`stack_overflow`).
+    pub stack_bytes: usize,
+    /// Reruns after conflicts before a call fails with `conflict`.
+    pub max_reruns: u32,
+    /// Engine threads; 0 is one per core.
+    pub engines: usize,
+    /// Calls queued or running on the server (`rate_limited`).
+    pub max_pending_calls: usize,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        let d = tarn_functions::FunctionLimits::default();
+        FunctionsConfig {
+            timeout_ms: u64::try_from(d.timeout.as_millis()).unwrap_or(100),
+            memory_bytes: d.memory_bytes,
+            stack_bytes: d.stack_bytes,
+            max_reruns: d.max_reruns,
+            engines: d.engines,
+            max_pending_calls: d.max_pending_calls,
+        }
+    }
+}
+
+impl FunctionsConfig {
+    /// As the runner's limits.
+    pub fn limits(&self) -> tarn_functions::FunctionLimits {
+        tarn_functions::FunctionLimits {
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            memory_bytes: self.memory_bytes,
+            stack_bytes: self.stack_bytes,
+            max_reruns: self.max_reruns,
+            engines: self.engines,
+            max_pending_calls: self.max_pending_calls,
+        }
+    }
 }
 
 /// `[wal]`.
@@ -138,6 +189,7 @@ impl Default for ServerConfig {
             history: HistoryConfig::default(),
             archive: ArchiveConfig::default(),
             limits: Limits::default(),
+            functions: FunctionsConfig::default(),
         }
     }
 }

@@ -208,3 +208,31 @@ pub fn store_error(e: &StoreError) -> ErrorBody {
         _ => ErrorBody::new(ErrorCode::Internal, e.to_string()),
     }
 }
+
+/// The wire error for a failed function call.
+pub fn call_error(e: &tarn_functions::CallError) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::parse(e.code()).unwrap_or(ErrorCode::Internal),
+        e.to_string(),
+    )
+}
+
+/// The wire error for a refused deploy.
+pub fn deploy_error(e: &tarn_functions::DeployError) -> ErrorBody {
+    use tarn_functions::DeployError;
+    let code = match e {
+        DeployError::Invalid { .. } => ErrorCode::BadModule,
+        DeployError::TooLarge { .. } => ErrorCode::TooLarge,
+        DeployError::Raced => ErrorCode::Conflict,
+        DeployError::Unavailable(_) => ErrorCode::Unavailable,
+    };
+    let (line, column) = match e {
+        DeployError::Invalid { line, column, .. } => (*line, *column),
+        _ => (None, None),
+    };
+    ErrorBody {
+        line,
+        column,
+        ..ErrorBody::new(code, e.to_string())
+    }
+}

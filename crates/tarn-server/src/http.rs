@@ -1,6 +1,8 @@
 //! The HTTP API: REST on `/v1/data/{path}` (Firebase-style: the body is
 //! the JSON value), Server-Sent Events on the same path with
-//! `Accept: text/event-stream`, `POST /v1/tx`, `/healthz` and `/metrics`.
+//! `Accept: text/event-stream`, `POST /v1/tx`, the app's functions
+//! (`POST /v1/call/{fn}`, `PUT|GET /v1/module`, `GET /v1/functions`),
+//! `/healthz` and `/metrics`.
 //! Errors are `{"error": {"code", "message", ...}}` with a status that
 //! fits the code.
 
@@ -41,6 +43,9 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/v1/data/", data.clone())
         .route("/v1/data/{*path}", data)
         .route("/v1/tx", post(post_tx))
+        .route("/v1/call/{function}", post(post_call))
+        .route("/v1/module", get(get_module).put(put_module))
+        .route("/v1/functions", get(get_functions))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -100,7 +105,15 @@ pub fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::BeforeHorizon | ErrorCode::UnknownOutcome => StatusCode::GONE,
         ErrorCode::TooManyWatches | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::TooManyConnections | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::NoModule | ErrorCode::UnknownFunction => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::BadModule => StatusCode::BAD_REQUEST,
+        // The call was understood; the function failed.
+        ErrorCode::FunctionError
+        | ErrorCode::Timeout
+        | ErrorCode::OutOfMemory
+        | ErrorCode::StackOverflow => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::SlowConsumer | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -287,11 +300,202 @@ async fn post_tx(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
     }
 }
 
+/// `?call_id=` of `POST /v1/call/{fn}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallQuery {
+    call_id: Option<String>,
+}
+
+/// `POST /v1/call/{fn}`: the body is the arguments (JSON; empty is
+/// `null`); the call id comes from `?call_id=` or the `Idempotency-Key`
+/// header. Answers `{"result", "time", "reruns", "replayed"}` once the
+/// call's writes are durable.
+async fn post_call(
+    State(app): State<Arc<App>>,
+    UrlPath(function): UrlPath<String>,
+    Query(q): Query<CallQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    let args = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match parse_value(&body) {
+            Ok(v) => v,
+            Err(e) => return e,
+        }
+    };
+    let header_id = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let call_id = q.call_id.or(header_id);
+    match app
+        .functions
+        .call(tarn_functions::Call::new(function, args, call_id))
+        .await
+    {
+        Ok(answer) => axum::Json(tarn_proto::CallResultBody {
+            result: WireValue(answer.result),
+            time: answer.time.map(WireTime::from),
+            reruns: answer.reruns,
+            replayed: answer.replayed,
+        })
+        .into_response(),
+        Err(e) => fail(convert::call_error(&e)),
+    }
+}
+
+/// `PUT /v1/module`: the body is the module's source. Answers its
+/// version and functions, or `bad_module` with the line and column (the
+/// previous module keeps serving).
+async fn put_module(State(app): State<Arc<App>>, body: Bytes) -> HttpResponse {
+    let source = match String::from_utf8(body.to_vec()) {
+        Ok(s) => s,
+        Err(_) => {
+            return fail(ErrorBody::new(
+                ErrorCode::BadModule,
+                "the module is not UTF-8 text",
+            ));
+        }
+    };
+    let functions = Arc::clone(&app.functions);
+    match tokio::task::spawn_blocking(move || functions.deploy(&source)).await {
+        Ok(Ok(deployed)) => axum::Json(tarn_proto::ModuleBody {
+            version: deployed.version,
+            functions: deployed.functions,
+            source: None,
+        })
+        .into_response(),
+        Ok(Err(e)) => fail(convert::deploy_error(&e)),
+        Err(e) => fail(ErrorBody::new(
+            ErrorCode::Internal,
+            format!("the deploy task failed: {e}"),
+        )),
+    }
+}
+
+/// `GET /v1/module`: the module being served, with its source.
+async fn get_module(State(app): State<Arc<App>>) -> HttpResponse {
+    match app.functions.module() {
+        Some(m) => axum::Json(tarn_proto::ModuleBody {
+            version: m.version,
+            functions: m.functions,
+            source: Some(m.source.to_string()),
+        })
+        .into_response(),
+        None => fail(ErrorBody::new(
+            ErrorCode::NoModule,
+            "no module is deployed: deploy one with `tarn deploy app.js`",
+        )),
+    }
+}
+
+/// `GET /v1/functions`: the module's version and functions, and each
+/// called function's diagnostics.
+async fn get_functions(State(app): State<Arc<App>>) -> HttpResponse {
+    let module = app.functions.module().map(|m| tarn_proto::ModuleBody {
+        version: m.version,
+        functions: m.functions,
+        source: None,
+    });
+    axum::Json(serde_json::json!({
+        "module": module,
+        "pending": app.functions.pending(),
+        "functions": app.functions.stats(),
+    }))
+    .into_response()
+}
+
+/// Prometheus lines for the functions' diagnostics.
+fn function_metrics(app: &App) -> String {
+    use std::fmt::Write as _;
+    let stats = app.functions.stats();
+    let mut out = String::new();
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&tarn_functions::FunctionStats) -> f64,
+    );
+    let series: [Series; 9] = [
+        (
+            "tarn_function_calls_total",
+            "counter",
+            "Calls answered by running the function.",
+            |s| s.calls as f64,
+        ),
+        (
+            "tarn_function_errors_total",
+            "counter",
+            "Calls that failed.",
+            |s| s.errors as f64,
+        ),
+        (
+            "tarn_function_run_mean_seconds",
+            "gauge",
+            "Mean time from first run to commit decision.",
+            |s| s.mean_us / 1e6,
+        ),
+        (
+            "tarn_function_run_p99_seconds",
+            "gauge",
+            "99th percentile of that over the last 1024 calls.",
+            |s| s.p99_us as f64 / 1e6,
+        ),
+        (
+            "tarn_function_reads_mean",
+            "gauge",
+            "Mean distinct paths read per call.",
+            |s| s.mean_reads,
+        ),
+        (
+            "tarn_function_writes_mean",
+            "gauge",
+            "Mean writes per call.",
+            |s| s.mean_writes,
+        ),
+        (
+            "tarn_function_reruns_per_call",
+            "gauge",
+            "Mean reruns after conflicts per call.",
+            |s| s.reruns_per_call,
+        ),
+        (
+            "tarn_function_rejection_ratio",
+            "gauge",
+            "Commits refused for a conflict over commits tried.",
+            |s| s.rejection_rate,
+        ),
+        (
+            "tarn_function_errors_ratio",
+            "gauge",
+            "Failed calls over calls.",
+            |s| {
+                if s.calls == 0 {
+                    0.0
+                } else {
+                    s.errors as f64 / s.calls as f64
+                }
+            },
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &stats {
+            let label = s.name.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "{name}{{function=\"{label}\"}} {}", get(s));
+        }
+    }
+    out
+}
+
 async fn metrics(State(app): State<Arc<App>>) -> HttpResponse {
     match &app.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
+            format!("{}{}", handle.render(), function_metrics(&app)),
         )
             .into_response(),
         None => fail(ErrorBody::new(

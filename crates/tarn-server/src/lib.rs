@@ -40,6 +40,8 @@ pub struct App {
     pub db: Arc<Db>,
     /// The fan-out to watchers.
     pub hub: Arc<fanout::Hub>,
+    /// The app's server functions.
+    pub functions: Arc<tarn_functions::Functions>,
     /// The settings.
     pub config: ServerConfig,
     /// Path limits for parsing paths from the wire.
@@ -186,6 +188,15 @@ pub async fn run(
         .context("opening the data directory")?
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let db = Arc::new(db);
+    let function_limits = config.functions.limits();
+    let functions = {
+        let db = Arc::clone(&db);
+        tokio::task::spawn_blocking(move || tarn_functions::Functions::open(db, function_limits))
+            .await
+            .context("starting the function engines")?
+            .map_err(|e| anyhow::anyhow!("starting the function engines: {e}"))?
+    };
+    let functions = Arc::new(functions);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -203,6 +214,7 @@ pub async fn run(
     let app = Arc::new(App {
         db: Arc::clone(&db),
         hub,
+        functions: Arc::clone(&functions),
         config,
         paths,
         connections: AtomicUsize::new(0),
@@ -245,11 +257,15 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(app);
-    // Flushing waits on the log: off the async threads.
-    tokio::task::spawn_blocking(move || db.flush())
-        .await
-        .context("flushing the write-ahead log at shutdown")?
-        .context("flushing the write-ahead log at shutdown")?;
+    // Flushing waits on the log, and the engines finish their calls: off
+    // the async threads.
+    tokio::task::spawn_blocking(move || {
+        drop(functions);
+        db.flush()
+    })
+    .await
+    .context("flushing the write-ahead log at shutdown")?
+    .context("flushing the write-ahead log at shutdown")?;
     Ok(())
 }
 

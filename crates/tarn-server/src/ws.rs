@@ -566,7 +566,54 @@ impl Session {
                 }
                 batch.push(self.prepare(id, reads, writes, client, seq, depends_on, retry)?);
             }
+            Request::Call {
+                id,
+                function,
+                args,
+                call_id,
+            } => self.call(id, function, args, call_id)?,
         }
+        Ok(())
+    }
+
+    /// Runs a function call off the reader: the answer (`result` or an
+    /// error) is queued when the call's commit is durable. Calls share the
+    /// connection's in-flight limit with commits.
+    fn call(
+        &self,
+        id: u64,
+        function: String,
+        args: WireValue,
+        call_id: Option<String>,
+    ) -> Result<(), ErrorBody> {
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            return Err(ErrorBody::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} requests are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
+                    self.app.config.limits.max_in_flight_per_connection
+                ),
+            ));
+        };
+        let functions = Arc::clone(&self.app.functions);
+        let outbox = Arc::clone(&self.outbox);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let call = tarn_functions::Call::new(function, args.0, call_id);
+            outbox.push(match functions.call(call).await {
+                Ok(answer) => Response::Result {
+                    id,
+                    value: WireValue(answer.result),
+                    time: answer.time.map(WireTime::from),
+                    reruns: answer.reruns,
+                    replayed: answer.replayed,
+                },
+                Err(e) => Response::Error {
+                    id,
+                    error: convert::call_error(&e),
+                },
+            });
+        });
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! Client verbs against a running server over its HTTP API:
-//! `get`, `set`, `patch`, `rm`, `tx`, `status`. Output is the JSON the
+//! `get`, `set`, `patch`, `rm`, `tx`, `call`, `deploy`, `status`. Output is the JSON the
 //! server returned; errors print the server's code and message.
 
 use std::io::IsTerminal;
@@ -57,6 +57,27 @@ pub enum ClientCommand {
     Tx {
         /// A JSON file, or - for standard input.
         file: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Call FUNCTION of the deployed module with ARGS (JSON) and print its result.
+    Call {
+        /// The exported function.
+        function: String,
+        /// Its arguments, as JSON (default null).
+        #[arg(default_value = "null")]
+        args: String,
+        /// An id for this call: repeating it returns the first call's
+        /// result without running again.
+        #[arg(long)]
+        call_id: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Deploy FILE, an ES module whose exported functions become callable.
+    Deploy {
+        /// The module's source file.
+        file: std::path::PathBuf,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -195,6 +216,25 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
             parse_json(&text)?;
             (http.post(server.url("v1/tx", "")).body(text), server)
         }
+        ClientCommand::Call {
+            function,
+            args,
+            call_id,
+            server,
+        } => {
+            let mut request = http
+                .post(server.url("v1/call", function))
+                .body(parse_json(args)?.to_string());
+            if let Some(id) = call_id {
+                request = request.header("idempotency-key", id);
+            }
+            (request, server)
+        }
+        ClientCommand::Deploy { file, server } => {
+            let source = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the module {}", file.display()))?;
+            (http.put(server.url("v1/module", "")).body(source), server)
+        }
         ClientCommand::Status { server } => (http.get(server.url("healthz", "")), server),
         ClientCommand::Backup { dir, server } => (
             http.post(server.url("v1/backup", ""))
@@ -211,7 +251,7 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
         .send()
         .await
         .with_context(|| unreachable_server(server))?;
-    let body = check(response)
+    let body = check_deploy(&cmd, response)
         .await?
         .text()
         .await
@@ -228,6 +268,39 @@ async fn run_async(cmd: ClientCommand) -> Result<()> {
         out!("{value}");
     }
     Ok(())
+}
+
+/// [`check`], and for a module that does not compile, the place in the
+/// file the error names.
+async fn check_deploy(
+    cmd: &ClientCommand,
+    response: reqwest::Response,
+) -> Result<reqwest::Response> {
+    let ClientCommand::Deploy { file, .. } = cmd else {
+        return check(response).await;
+    };
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<tarn_proto::ErrorEnvelope>(&body) {
+        Ok(e) => match (e.error.line, e.error.column) {
+            (Some(line), Some(column)) => bail!(
+                "{}:{line}:{column}: {} ({}); the previous module keeps serving",
+                file.display(),
+                e.error.message,
+                e.error.code.as_str()
+            ),
+            _ => bail!(
+                "{} ({}): {}; the previous module keeps serving",
+                e.error.code.as_str(),
+                status,
+                e.error.message
+            ),
+        },
+        Err(_) => bail!("the server answered {status}: {body}"),
+    }
 }
 
 fn unreachable_server(server: &ServerArg) -> String {

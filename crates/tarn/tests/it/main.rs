@@ -3,4 +3,5 @@
 
 mod bench;
 mod client;
+mod functions;
 mod server;

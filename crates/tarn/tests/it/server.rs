@@ -73,7 +73,7 @@ impl Server {
 
     /// Stops the server cleanly and starts a new one on the same data
     /// directory.
-    fn restart(mut self) -> Server {
+    pub fn restart(mut self) -> Server {
         assert!(self.terminate().success());
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         drop(self);
