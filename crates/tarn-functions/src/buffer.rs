@@ -63,7 +63,10 @@ impl Buffer {
             if let Some(rel) = tree::strip(&at, &wkeys) {
                 // Written at or above the path: the path now holds what
                 // the write put there.
-                value = tree::get(new, rel).clone();
+                // Empty objects in what was written are absent, as in
+                // the store.
+                value = Value::Null;
+                tree::set(&mut value, &[], tree::get(new, rel).clone());
             } else if let Some(rel) = tree::strip(&wkeys, &at) {
                 tree::set(&mut value, rel, new.clone());
             }

@@ -30,7 +30,7 @@ pub mod stats;
 
 use std::time::Duration;
 
-pub use runner::{Answer, Call, Deployed, Functions, ModuleInfo};
+pub use runner::{Answer, Call, Deployed, Functions, LocalEngine, ModuleInfo};
 pub use sandbox::{Compiled, Sandbox};
 pub use stats::FunctionStats;
 

@@ -182,6 +182,8 @@ impl Functions {
             max_reads: config.txns.max_reads,
             max_writes: config.txns.max_writes,
             max_nesting: config.values.max_nesting,
+            max_bytes: config.txns.max_bytes,
+            max_value_bytes: config.values.max_value_bytes,
         });
         let shared = Arc::new(Shared {
             env,
@@ -193,7 +195,7 @@ impl Functions {
         });
         let stored = load_module(&shared)?;
         if let Some((version, source)) = stored {
-            match Sandbox::compile(&source, version, limits) {
+            match compile(&source, version, limits) {
                 Ok(compiled) => {
                     *shared.module.write().unwrap_or_else(|p| p.into_inner()) =
                         Some(Arc::new(compiled));
@@ -215,7 +217,7 @@ impl Functions {
             let thread = std::thread::Builder::new()
                 .name(format!("tarn-fn-{i}"))
                 // QuickJS's own stack limit must bind before the thread's.
-                .stack_size(limits.stack_bytes.saturating_mul(4).max(8 << 20))
+                .stack_size(engine_stack(&limits))
                 .spawn(move || engine_loop(&shared, &rx))
                 .map_err(|e| CallError::Internal(format!("starting an engine thread: {e}")))?;
             threads.push(thread);
@@ -256,7 +258,7 @@ impl Functions {
             })
             .unwrap_or(0)
             + 1;
-        let compiled = Sandbox::compile(source, version, shared.limits)?;
+        let compiled = compile(source, version, shared.limits)?;
         let functions: Vec<String> = compiled.functions.iter().cloned().collect();
         let now = wall_ms();
         let record = obj(&[
@@ -415,19 +417,27 @@ pub struct LocalEngine {
 impl LocalEngine {
     /// Runs `call` here and decides its commit; returns the answer and
     /// the log sequence number that must be durable before it is shown.
+    /// (Call [`LocalEngine::prepare`] between calls, as engine threads do
+    /// while idle; otherwise the instance is made within the call.)
     pub fn decide(&mut self, call: &Call) -> Result<(Answer, u64), CallError> {
         refresh(&self.shared, &mut self.sandbox);
-        let done = run_call(&self.shared, self.sandbox.as_mut(), call);
-        if let Some(s) = self.sandbox.as_mut() {
-            let _ = s.prepare();
-        }
-        let done = done?;
+        let done = run_call(&self.shared, self.sandbox.as_mut(), call)?;
         let lsn = done.lsn;
         Ok((done.answer()?, lsn))
     }
 
+    /// Makes the next call's fresh module instance.
+    pub fn prepare(&mut self) -> Result<(), CallError> {
+        refresh(&self.shared, &mut self.sandbox);
+        match self.sandbox.as_mut() {
+            Some(s) => s.prepare(),
+            None => Err(CallError::NoModule),
+        }
+    }
+
     /// Runs `call` here and waits until it is durable.
     pub fn call(&mut self, call: &Call) -> Result<Answer, CallError> {
+        let _ = self.prepare();
         let (answer, lsn) = self.decide(call)?;
         self.shared
             .env
@@ -470,7 +480,17 @@ fn engine_loop(shared: &Shared, jobs: &Receiver<Job>) {
             return;
         };
         refresh(shared, &mut sandbox);
-        let done = run_call(shared, sandbox.as_mut(), &job.call);
+        // A bug in a native method must not take the engine with it: the
+        // call fails and the engine starts over with a fresh sandbox.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_call(shared, sandbox.as_mut(), &job.call)
+        }))
+        .unwrap_or_else(|_| {
+            sandbox = None;
+            Err(CallError::Internal(
+                "the function engine failed on this call and was restarted".into(),
+            ))
+        });
         shared.pending.fetch_sub(1, Ordering::AcqRel);
         let _ = job.reply.send(done);
     }
@@ -567,6 +587,8 @@ fn run_call(
                 value: outcome_record(&call.function, &result),
             });
         }
+        // For a stored failure, if the writes turn out not to commit.
+        let reads = outcome_at.as_ref().map(|_| txn.reads.clone());
         match db.submit(txn) {
             Ok(pending) => {
                 shared.stats.record(sample(result.is_err(), reruns));
@@ -587,11 +609,19 @@ fn run_call(
                     )));
                 }
                 if reruns >= shared.limits.max_reruns {
+                    // A run of the same id may be what overtook this one.
+                    if let Some(at) = &outcome_at {
+                        let (observed, lsn) =
+                            db.peek(|e| e.store().get(at)).map_err(unavailable)?;
+                        if let Some(stored) = observed.value {
+                            return Ok(replay(&stored, observed.seen, lsn));
+                        }
+                    }
                     shared.stats.record(sample(true, reruns));
                     return Err(CallError::Contention { reruns });
                 }
                 reruns += 1;
-                backoff(reruns);
+                backoff(&seed, reruns);
             }
             Err(CommitError::Txn(TxnError::Invalid(invalid))) => {
                 let error = CallError::BadWrites(invalid.to_string());
@@ -603,7 +633,7 @@ fn run_call(
                 // outcome, so a retry gets the same answer.
                 let failed = Err(error);
                 let txn = Txn::new(
-                    vec![Read::value(at.clone(), outcome_seen)],
+                    reads.unwrap_or_default(),
                     vec![Write::Set {
                         path: at.clone(),
                         value: outcome_record(&call.function, &failed),
@@ -617,18 +647,21 @@ fn run_call(
                         reruns,
                         replayed: false,
                     }),
-                    // A concurrent run of the same id decided first: its
-                    // outcome is the answer.
+                    // Overtaken: by a run of the same id (its outcome is the
+                    // answer), or by a write to what the run read (run it
+                    // again).
                     Err(CommitError::Txn(TxnError::Rejected(_))) => {
                         let (observed, lsn) =
                             db.peek(|e| e.store().get(at)).map_err(unavailable)?;
-                        match observed.value {
-                            Some(stored) => Ok(replay(&stored, observed.seen, lsn)),
-                            None => Err(match failed {
-                                Err(e) => e,
-                                Ok(_) => CallError::Internal("unreachable".into()),
-                            }),
+                        if let Some(stored) = observed.value {
+                            return Ok(replay(&stored, observed.seen, lsn));
                         }
+                        if reruns >= shared.limits.max_reruns {
+                            return Err(CallError::Contention { reruns });
+                        }
+                        reruns += 1;
+                        backoff(&seed, reruns);
+                        continue;
                     }
                     Err(e) => Err(CallError::Unavailable(e.to_string())),
                 };
@@ -639,15 +672,44 @@ fn run_call(
 }
 
 /// Pause before rerun `n` (1-based): none for the first, then 50 µs
-/// doubling to at most 5 ms, times a jitter in [0.5, 1.5).
-fn backoff(n: u32) {
+/// doubling to at most 5 ms, times a jitter in [0.5, 1.5) drawn from the
+/// call's seed, so that colliding calls spread out.
+fn backoff(seed: &str, n: u32) {
     if n <= 1 {
         return;
     }
     let base = 50u64.saturating_mul(1 << (n - 2).min(7)).min(5000);
-    let nanos = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
-    let jitter = 0.5 + (nanos % 1000) as f64 / 1000.0;
+    let mut rng = crate::sandbox::SplitMix64::for_call(seed);
+    for _ in 0..n {
+        rng.next_u64();
+    }
+    let jitter = 0.5 + rng.next_f64();
     std::thread::sleep(Duration::from_micros((base as f64 * jitter) as u64));
+}
+
+/// [`Sandbox::compile`] on a thread with the engines' stack size: the
+/// caller's stack may be smaller than QuickJS's configured limit.
+fn compile(source: &str, version: u64, limits: FunctionLimits) -> Result<Compiled, DeployError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("tarn-fn-compile".into())
+            .stack_size(engine_stack(&limits))
+            .spawn_scoped(scope, || Sandbox::compile(source, version, limits))
+            .map_err(|e| DeployError::Unavailable(format!("starting the compiler thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(DeployError::Invalid {
+                    message: "the module crashed the compiler".into(),
+                    line: None,
+                    column: None,
+                })
+            })
+    })
+}
+
+/// An engine thread's stack: QuickJS's own limit must bind first.
+fn engine_stack(limits: &FunctionLimits) -> usize {
+    limits.stack_bytes.saturating_mul(4).max(8 << 20)
 }
 
 fn obj(pairs: &[(&str, Value)]) -> Value {

@@ -10,9 +10,12 @@
 //!   call, so a call never sees what another did to module state; a `ctx`
 //!   whose methods read and write through the run's [`Buffer`].
 //! - Limits: a deadline checked by the interrupt handler, a memory limit
-//!   over the runtime's usage when the run starts, and a stack limit.
-//!   Module instances accumulate in a context, so the engine replaces its
-//!   sandbox after [`Sandbox::worn`].
+//!   and a stack limit. The memory limit is the runtime's: its size after
+//!   the realm and the first module instance (measured once, when the
+//!   sandbox is made: measuring walks the heap), plus room for the
+//!   instances it will accumulate, plus the run's allowance. Module
+//!   instances are only freed with their context, so the engine replaces
+//!   its sandbox once that room is used up ([`Sandbox::worn`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rquickjs::context::intrinsic;
+use rquickjs::function::{Opt, This};
 use rquickjs::{
     Array, Context, Ctx, Exception, Function, Module, Object, Persistent, Runtime, Value as JsValue,
 };
@@ -33,12 +37,12 @@ use crate::{CallError, DeployError, FunctionLimits};
 /// The module's name in error positions and stacks.
 pub const MODULE_NAME: &str = "app.js";
 
-/// Instances a context holds before the sandbox is replaced.
+/// Most instances a context holds before the sandbox is replaced.
 const MAX_INSTANCES: u32 = 2000;
 
-/// Heap size after which the sandbox is replaced (module instances are
-/// not freed until their context is).
-const MAX_IDLE_HEAP: i64 = 48 << 20;
+/// Heap the accumulated module instances of one context may take before
+/// the sandbox is replaced.
+const INSTANCE_ROOM: usize = 16 << 20;
 
 /// A deployed module, checked: it compiles and its top-level code runs.
 #[derive(Debug)]
@@ -63,6 +67,12 @@ pub struct Env {
     pub max_writes: usize,
     /// Nesting of values taken from JavaScript (`limits.max_value_nesting`).
     pub max_nesting: usize,
+    /// Bytes (as JSON) of the values one run may write
+    /// (`limits.max_txn_bytes`).
+    pub max_bytes: usize,
+    /// Largest single value (`limits.max_value_bytes`): bounds arrays
+    /// taken from JavaScript before they are copied.
+    pub max_value_bytes: usize,
 }
 
 /// One call as the sandbox sees it.
@@ -96,6 +106,11 @@ struct Host {
     /// Set when the store failed under a read: the run's answer is that,
     /// whatever the function made of the exception.
     failed: Option<CallError>,
+    /// Which run this is: a `ctx` carries the number of its run, and its
+    /// methods refuse to act for any other.
+    run: u64,
+    /// Bytes of values written so far.
+    bytes: usize,
 }
 
 type Shared = Rc<RefCell<Option<Host>>>;
@@ -151,6 +166,8 @@ pub struct Sandbox {
     host: Shared,
     clock: Rc<Clock>,
     instances: u32,
+    max_instances: u32,
+    runs: u64,
     poisoned: bool,
     limits: FunctionLimits,
 }
@@ -179,16 +196,41 @@ const PRELUDE: &str = r#"
   const now = natives.now;
   function Date_(...args) {
     if (new.target === undefined) return new RealDate(now()).toString();
-    return args.length === 0 ? new RealDate(now()) : new RealDate(...args);
+    if (args.length === 0) return new RealDate(now());
+    if (args.length === 1) return new RealDate(typeof args[0] === "string" ? parse(args[0]) : args[0]);
+    return new RealDate(RealDate.UTC(...args));
   }
   Object.defineProperty(Date_, "prototype", { value: RealDate.prototype });
   Object.defineProperty(Date_, "now", { value: function now_() { return now(); } });
-  Object.defineProperty(Date_, "parse", { value: RealDate.parse });
   Object.defineProperty(Date_, "UTC", { value: RealDate.UTC });
   Object.defineProperty(Date_, "name", { value: "Date" });
   Object.defineProperty(RealDate.prototype, "constructor", { value: Date_ });
   Object.defineProperty(globalThis, "Date", { value: Date_, writable: true, configurable: true });
   Object.defineProperty(Math, "random", { value: function random() { return natives.random(); } });
+
+  // Local time is the machine's: make every local-time view of a date the
+  // UTC one, so a call gives the same result on any server or client.
+  const dp = RealDate.prototype;
+  for (const name of ["FullYear", "Month", "Date", "Day", "Hours", "Minutes", "Seconds", "Milliseconds"]) {
+    Object.defineProperty(dp, "get" + name, { value: dp["getUTC" + name] });
+    if (name !== "Day") Object.defineProperty(dp, "set" + name, { value: dp["setUTC" + name] });
+  }
+  Object.defineProperty(dp, "getYear", { value: function getYear() { return this.getUTCFullYear() - 1900; } });
+  Object.defineProperty(dp, "getTimezoneOffset", { value: function getTimezoneOffset() { return 0; } });
+  for (const name of ["toString", "toLocaleString"]) Object.defineProperty(dp, name, { value: dp.toUTCString });
+  for (const name of ["toDateString", "toLocaleDateString"]) Object.defineProperty(dp, name, { value: function () { return this.toISOString().slice(0, 10); } });
+  for (const name of ["toTimeString", "toLocaleTimeString"]) Object.defineProperty(dp, name, { value: function () { return this.toISOString().slice(11, 23) + "Z"; } });
+  const localForm = /^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?$/;
+  const parse = (s) => RealDate.parse(typeof s === "string" && localForm.test(s) ? s + "Z" : s);
+  Object.defineProperty(Date_, "parse", { value: parse });
+
+  // Hooks the engine keeps outside any object: fixed, so no call can
+  // leave code behind for the next.
+  for (const name of ["prepareStackTrace", "stackTraceLimit"]) {
+    if (Object.getOwnPropertyDescriptor(Error, name)) {
+      Object.defineProperty(Error, name, { value: name === "stackTraceLimit" ? 10 : undefined, writable: false, configurable: false });
+    }
+  }
 
   const proto = {
     get: natives.get,
@@ -241,6 +283,21 @@ const PRELUDE: &str = r#"
   };
   freeze(proto);
   freeze(globalThis);
+  // Built-ins only syntax reaches.
+  const hidden = [
+    [][Symbol.iterator](),
+    new Map()[Symbol.iterator](),
+    new Set()[Symbol.iterator](),
+    ""[Symbol.iterator](),
+    /a/g[Symbol.matchAll](""),
+    function* () {},
+    (function* () {})(),
+    async function () {},
+    async function* () {},
+    (async function* () {})(),
+    Promise.resolve(),
+  ];
+  for (const o of hidden) freeze(Object.getPrototypeOf(o));
 
   const deepFreeze = (o) => {
     if (typeof o !== "object" || o === null || Object.isFrozen(o)) return o;
@@ -248,8 +305,9 @@ const PRELUDE: &str = r#"
     for (const k of Object.keys(o)) deepFreeze(o[k]);
     return o;
   };
-  return function makeCtx(ns, now, callId, auth) {
+  return function makeCtx(ns, now, callId, auth, run) {
     const ctx = Object.create(proto);
+    Object.defineProperty(ctx, "__run", { value: run });
     ctx.now = now;
     ctx.callId = callId;
     ctx.auth = deepFreeze(auth);
@@ -267,6 +325,7 @@ impl Sandbox {
     /// A sandbox for `module`, with its first instance prepared.
     pub fn new(module: Arc<Compiled>, limits: FunctionLimits) -> Result<Sandbox, CallError> {
         let (runtime, context, host, clock, make_ctx) = realm(&limits)?;
+        let before = usage(&runtime);
         let mut sandbox = Sandbox {
             next: None,
             make_ctx,
@@ -276,10 +335,21 @@ impl Sandbox {
             host,
             clock,
             instances: 0,
+            max_instances: MAX_INSTANCES,
+            runs: 0,
             poisoned: false,
             limits,
         };
         sandbox.prepare()?;
+        let after = usage(&sandbox.runtime);
+        let per_instance = after.saturating_sub(before).max(1);
+        sandbox.max_instances = u32::try_from(INSTANCE_ROOM / per_instance)
+            .map_or(MAX_INSTANCES, |n| n.clamp(16, MAX_INSTANCES));
+        sandbox.runtime.set_memory_limit(
+            after
+                .saturating_add(INSTANCE_ROOM)
+                .saturating_add(limits.memory_bytes),
+        );
         Ok(sandbox)
     }
 
@@ -329,7 +399,7 @@ impl Sandbox {
     /// True when the sandbox should be replaced: it has held many module
     /// instances, or a run hit a limit that may have left it unsound.
     pub fn worn(&self) -> bool {
-        self.poisoned || self.instances >= MAX_INSTANCES || usage_i64(&self.runtime) > MAX_IDLE_HEAP
+        self.poisoned || self.instances >= self.max_instances
     }
 
     /// Prepares the next call's module instance (off the call's path:
@@ -357,8 +427,11 @@ impl Sandbox {
             Some(ns) => ns,
             None => {
                 if let Err(e) = self.prepare() {
+                    self.poisoned = true;
                     return RunOutput {
-                        result: Err(e),
+                        result: Err(CallError::Internal(format!(
+                            "making a fresh instance of the module failed: {e}"
+                        ))),
                         buffer: Buffer::default(),
                     };
                 }
@@ -373,16 +446,17 @@ impl Sandbox {
                 }
             }
         };
+        self.runs += 1;
+        let run = self.runs;
         *self.host.borrow_mut() = Some(Host {
             env: Arc::clone(env),
             buffer: Buffer::default(),
             rng: SplitMix64::for_call(call.call_id),
             now_ms: call.now_ms,
             failed: None,
+            run,
+            bytes: 0,
         });
-        let base = usage(&self.runtime);
-        self.runtime
-            .set_memory_limit(base.saturating_add(self.limits.memory_bytes));
         self.clock.arm(self.limits.timeout);
         let (clock, limits, make_ctx) = (&self.clock, &self.limits, &self.make_ctx);
         let result = self.context.with(|ctx| -> Result<Value, CallError> {
@@ -398,19 +472,29 @@ impl Sandbox {
             let make: Function = make_ctx.clone().restore(&ctx).map_err(internal)?;
             let auth = to_js(&ctx, call.auth).map_err(internal)?;
             let c: Object = make
-                .call((ns.clone(), call.now_ms as f64, call.call_id, auth))
+                .call((
+                    ns.clone(),
+                    call.now_ms as f64,
+                    call.call_id,
+                    auth,
+                    run as f64,
+                ))
                 .map_err(|e| run_error(&ctx, e, clock, limits))?;
             let args = to_js(&ctx, call.args).map_err(internal)?;
-            let out: JsValue = f
-                .call((c, args))
-                .map_err(|e| run_error(&ctx, e, clock, limits))?;
-            let out = settle(&ctx, out).map_err(|e| run_error(&ctx, e, clock, limits))?;
-            from_js(&out, 0, env.max_nesting).map_err(CallError::BadReturn)
+            let out = f.call::<_, JsValue>((c, args));
+            // Jobs the run queued (promise reactions) are part of it: run
+            // them now, within its deadline, never in a later call.
+            let drained = drain_jobs(&ctx, clock);
+            let out = out.map_err(|e| run_error(&ctx, e, clock, limits))?;
+            drained.map_err(|e| run_error(&ctx, e, clock, limits))?;
+            let out = settle(&ctx, out, clock).map_err(|e| run_error(&ctx, e, clock, limits))?;
+            match from_js(&out, 0, env.max_nesting, env.max_value_bytes) {
+                Ok(v) => Ok(v),
+                Err(Conversion::Bad(why)) => Err(CallError::BadReturn(why)),
+                Err(Conversion::Js(e)) => Err(run_error(&ctx, e, clock, limits)),
+            }
         });
         self.clock.disarm();
-        // Lift the run's limit; what the instance keeps counts toward the
-        // next run's base.
-        self.runtime.set_memory_limit(0);
         let host = self.host.borrow_mut().take();
         let (buffer, failed) = match host {
             Some(h) => (h.buffer, h.failed),
@@ -430,12 +514,9 @@ impl Sandbox {
     }
 }
 
-fn usage_i64(runtime: &Runtime) -> i64 {
-    runtime.memory_usage().malloc_size
-}
-
+/// The runtime's heap size. Walks the heap: only when a sandbox is made.
 fn usage(runtime: &Runtime) -> usize {
-    usize::try_from(usage_i64(runtime)).unwrap_or(0)
+    usize::try_from(runtime.memory_usage().malloc_size).unwrap_or(0)
 }
 
 impl Clock {
@@ -447,6 +528,17 @@ impl Clock {
     fn disarm(&self) {
         self.deadline.set(None);
     }
+}
+
+/// Runs every queued job (a job that throws is dropped, as an unhandled
+/// rejection is); stops at the deadline.
+fn drain_jobs(ctx: &Ctx<'_>, clock: &Clock) -> rquickjs::Result<()> {
+    while ctx.execute_pending_job() {
+        if clock.fired.get() {
+            return Err(rquickjs::Error::Exception);
+        }
+    }
+    Ok(())
 }
 
 type Realm = (
@@ -493,12 +585,12 @@ fn instantiate<'js>(ctx: &Ctx<'js>, source: &str) -> rquickjs::Result<Object<'js
 
 /// Runs the jobs a returned promise waits on (an `async` function); its
 /// value, or the exception it rejected with.
-fn settle<'js>(ctx: &Ctx<'js>, out: JsValue<'js>) -> rquickjs::Result<JsValue<'js>> {
+fn settle<'js>(ctx: &Ctx<'js>, out: JsValue<'js>, clock: &Clock) -> rquickjs::Result<JsValue<'js>> {
     let Some(promise) = out.as_promise() else {
         return Ok(out);
     };
     let promise = promise.clone();
-    while ctx.execute_pending_job() {}
+    drain_jobs(ctx, clock)?;
     match promise.result::<JsValue>() {
         Some(result) => result,
         None => Err(Exception::throw_type(
@@ -535,7 +627,7 @@ fn run_error(
         },
         // Throwing the out-of-memory error can itself fail for lack of
         // memory: nothing is thrown.
-        ("", "") if thrown.oom_like => CallError::OutOfMemory {
+        ("", _) if thrown.oom_like => CallError::OutOfMemory {
             bytes: limits.memory_bytes,
         },
         ("RangeError", "Maximum call stack size exceeded") => CallError::StackOverflow {
@@ -622,8 +714,13 @@ fn describe(ctx: &Ctx<'_>) -> Thrown {
         };
         return Thrown {
             name: String::new(),
-            oom_like: value.is_null() || value.is_undefined(),
-            message,
+            // No exception at all: throwing the out-of-memory error failed.
+            oom_like: value.type_of() == rquickjs::Type::Uninitialized,
+            message: if message.is_empty() {
+                format!("the function threw {}", value.type_name())
+            } else {
+                message
+            },
             position: None,
         };
     };
@@ -673,7 +770,10 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
     natives.set(
         "now",
         Function::new(ctx.clone(), move || -> f64 {
-            h.borrow().as_ref().map_or(0.0, |h| h.now_ms as f64)
+            h.try_borrow()
+                .ok()
+                .and_then(|h| h.as_ref().map(|h| h.now_ms as f64))
+                .unwrap_or(0.0)
         })?,
     )?;
 
@@ -681,9 +781,14 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
     natives.set(
         "random",
         Function::new(ctx.clone(), move || -> f64 {
-            match h.borrow_mut().as_mut() {
+            match h
+                .try_borrow_mut()
+                .ok()
+                .as_deref_mut()
+                .and_then(Option::as_mut)
+            {
                 Some(h) => h.rng.next_f64(),
-                // Module evaluation: the same sequence every time.
+                // Module evaluation: the same value every time.
                 None => 0.0,
             }
         })?,
@@ -692,52 +797,59 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
     let h = Rc::clone(host);
     natives.set(
         "get",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: JsValue<'js>| {
-            let value = with_host(&ctx, &h, |h| {
-                let path = path_arg(&ctx, h, &path, "ctx.get")?;
-                let (observed, lsn) = read(&ctx, h, |e| e.store().get(&path))?;
-                h.buffer.lsn = h.buffer.lsn.max(lsn);
-                h.buffer.read(&path, ReadKind::Value, observed.seen);
-                check_reads(&ctx, h)?;
-                Ok(h.buffer.overlay(&path, observed))
-            })?;
-            to_js(&ctx, &value)
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, this: This<Object<'js>>, path: JsValue<'js>| {
+                let path = path_text(&path, "ctx.get")?;
+                let value = with_host(&ctx, &h, &this, |h| {
+                    let path = path_arg(h, &path, "ctx.get")?;
+                    let observed = read(h, |e| e.store().get(&path))?;
+                    h.buffer.read(&path, ReadKind::Value, observed.seen);
+                    check_reads(h)?;
+                    Ok(h.buffer.overlay(&path, observed))
+                })?;
+                to_js(&ctx, &value)
+            },
+        )?,
     )?;
 
     let h = Rc::clone(host);
     natives.set(
         "keys",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: JsValue<'js>| {
-            let keys = with_host(&ctx, &h, |h| {
-                let path = path_arg(&ctx, h, &path, "ctx.keys")?;
-                let keys: Vec<String> = if h.buffer.touches(&path) {
-                    let (observed, lsn) = read(&ctx, h, |e| e.store().get(&path))?;
-                    h.buffer.lsn = h.buffer.lsn.max(lsn);
-                    h.buffer.read(&path, ReadKind::Subtree, observed.seen);
-                    match h.buffer.overlay(&path, observed) {
-                        Value::Object(children) => children.keys().map(|k| k.to_string()).collect(),
-                        _ => Vec::new(),
-                    }
-                } else {
-                    let (observed, lsn) = read(&ctx, h, |e| e.store().keys(&path))?;
-                    h.buffer.lsn = h.buffer.lsn.max(lsn);
-                    h.buffer.read(&path, ReadKind::Subtree, observed.seen);
-                    observed
-                        .keys
-                        .iter()
-                        .map(|k| k.as_str().to_string())
-                        .collect()
-                };
-                check_reads(&ctx, h)?;
-                Ok(keys)
-            })?;
-            let array = Array::new(ctx.clone())?;
-            for (i, k) in keys.iter().enumerate() {
-                array.set(i, k.as_str())?;
-            }
-            Ok::<_, rquickjs::Error>(array)
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, this: This<Object<'js>>, path: JsValue<'js>| {
+                let path = path_text(&path, "ctx.keys")?;
+                let keys = with_host(&ctx, &h, &this, |h| {
+                    let path = path_arg(h, &path, "ctx.keys")?;
+                    let keys: Vec<String> = if h.buffer.touches(&path) {
+                        let observed = read(h, |e| e.store().get(&path))?;
+                        h.buffer.read(&path, ReadKind::Subtree, observed.seen);
+                        match h.buffer.overlay(&path, observed) {
+                            Value::Object(children) => {
+                                children.keys().map(|k| k.to_string()).collect()
+                            }
+                            _ => Vec::new(),
+                        }
+                    } else {
+                        let observed = read(h, |e| e.store().keys(&path))?;
+                        h.buffer.read(&path, ReadKind::Subtree, observed.seen);
+                        observed
+                            .keys
+                            .iter()
+                            .map(|k| k.as_str().to_string())
+                            .collect()
+                    };
+                    check_reads(h)?;
+                    Ok(keys)
+                })?;
+                let array = Array::new(ctx.clone())?;
+                for (i, k) in keys.iter().enumerate() {
+                    array.set(i, k.as_str())?;
+                }
+                Ok::<_, rquickjs::Error>(array)
+            },
+        )?,
     )?;
 
     let h = Rc::clone(host);
@@ -746,12 +858,14 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
         Function::new(
             ctx.clone(),
             move |ctx: Ctx<'js>,
+                  this: This<Object<'js>>,
                   path: JsValue<'js>,
-                  value: rquickjs::function::Opt<JsValue<'js>>| {
+                  value: Opt<JsValue<'js>>| {
+                let path = path_text(&path, "ctx.set")?;
                 let value = value_arg(&ctx, &h, value.0, "ctx.set")?;
-                with_host(&ctx, &h, |h| {
-                    let path = path_arg(&ctx, h, &path, "ctx.set")?;
-                    write(&ctx, h, path, value)
+                with_host(&ctx, &h, &this, |h| {
+                    let path = path_arg(h, &path, "ctx.set")?;
+                    write(h, path, value)
                 })
             },
         )?,
@@ -760,12 +874,16 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
     let h = Rc::clone(host);
     natives.set(
         "remove",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: JsValue<'js>| {
-            with_host(&ctx, &h, |h| {
-                let path = path_arg(&ctx, h, &path, "ctx.remove")?;
-                write(&ctx, h, path, Value::Null)
-            })
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, this: This<Object<'js>>, path: JsValue<'js>| {
+                let path = path_text(&path, "ctx.remove")?;
+                with_host(&ctx, &h, &this, |h| {
+                    let path = path_arg(h, &path, "ctx.remove")?;
+                    write(h, path, Value::Null)
+                })
+            },
+        )?,
     )?;
 
     let h = Rc::clone(host);
@@ -774,8 +892,10 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
         Function::new(
             ctx.clone(),
             move |ctx: Ctx<'js>,
+                  this: This<Object<'js>>,
                   path: JsValue<'js>,
-                  value: rquickjs::function::Opt<JsValue<'js>>| {
+                  value: Opt<JsValue<'js>>| {
+                let path = path_text(&path, "ctx.patch")?;
                 let value = value_arg(&ctx, &h, value.0, "ctx.patch")?;
                 let Value::Object(children) = value else {
                     return Err(Exception::throw_type(
@@ -783,16 +903,16 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
                         "ctx.patch(path, obj): obj must be an object of children to set",
                     ));
                 };
-                with_host(&ctx, &h, |h| {
-                    let path = path_arg(&ctx, h, &path, "ctx.patch")?;
+                with_host(&ctx, &h, &this, |h| {
+                    let path = path_arg(h, &path, "ctx.patch")?;
                     for (k, child) in children {
                         let key = Key::new(&k, &h.env.paths).map_err(|e| {
-                            Exception::throw_type(&ctx, &format!("ctx.patch: child key {k:?}: {e}"))
+                            Refusal::Type(format!("ctx.patch: child key {k:?}: {e}"))
                         })?;
                         let child_path = path
                             .child(key, &h.env.paths)
-                            .map_err(|e| Exception::throw_type(&ctx, &format!("ctx.patch: {e}")))?;
-                        write(&ctx, h, child_path, child)?;
+                            .map_err(|e| Refusal::Type(format!("ctx.patch: {e}")))?;
+                        write(h, child_path, child)?;
                     }
                     Ok(())
                 })
@@ -809,95 +929,136 @@ fn install_natives<'js>(ctx: &Ctx<'js>, host: &Shared) -> rquickjs::Result<()> {
 fn with_host<'js, R>(
     ctx: &Ctx<'js>,
     host: &Shared,
-    f: impl FnOnce(&mut Host) -> rquickjs::Result<R>,
+    this: &This<Object<'js>>,
+    f: impl FnOnce(&mut Host) -> Result<R, Refusal>,
 ) -> rquickjs::Result<R> {
-    let mut guard = host.borrow_mut();
-    match guard.as_mut() {
-        Some(h) => f(h),
-        None => Err(Exception::throw_type(
-            ctx,
-            "ctx is only usable during its call (it was kept past the end of the call, or used while the module loads)",
+    let run = this.0.get::<_, Option<f64>>("__run").ok().flatten();
+    // The borrow ends before anything is thrown: creating an error runs
+    // no user code now, but nothing here relies on that.
+    let result = match host.try_borrow_mut() {
+        Err(_) => Err(Refusal::Type(
+            "ctx methods cannot be called from inside another ctx method".into(),
         )),
-    }
+        Ok(mut guard) => match guard.as_mut() {
+            Some(h) if run == Some(h.run as f64) => f(h),
+            _ => Err(Refusal::Type(
+                "this ctx belongs to a call that has ended: ctx is only usable during its own call"
+                    .into(),
+            )),
+        },
+    };
+    result.map_err(|r| match r {
+        Refusal::Type(m) => Exception::throw_type(ctx, &m),
+        Refusal::Range(m) => Exception::throw_range(ctx, &m),
+        Refusal::Internal(m) => Exception::throw_internal(ctx, &m),
+    })
+}
+
+/// Why a `ctx` method refuses, thrown once the host is released.
+enum Refusal {
+    Type(String),
+    Range(String),
+    Internal(String),
 }
 
 /// A value argument, converted before the host is borrowed (conversion
-/// can run the value's `toJSON`, which may use `ctx`).
+/// can run the value's `toJSON`, which may use `ctx`). An exception from
+/// that code (the deadline, the memory limit) goes on as it is.
 fn value_arg<'js>(
     ctx: &Ctx<'js>,
     host: &Shared,
     value: Option<JsValue<'js>>,
     what: &str,
 ) -> rquickjs::Result<Value> {
-    let nesting = host.borrow().as_ref().map_or(64, |h| h.env.max_nesting);
+    let (nesting, max_bytes) = host
+        .try_borrow()
+        .ok()
+        .and_then(|h| {
+            h.as_ref()
+                .map(|h| (h.env.max_nesting, h.env.max_value_bytes))
+        })
+        .unwrap_or((64, 1 << 20));
     match value {
         None => Ok(Value::Null),
-        Some(v) => {
-            from_js(&v, 0, nesting).map_err(|e| Exception::throw_type(ctx, &format!("{what}: {e}")))
-        }
+        Some(v) => match from_js(&v, 0, nesting, max_bytes) {
+            Ok(v) => Ok(v),
+            Err(Conversion::Bad(why)) => Err(Exception::throw_type(ctx, &format!("{what}: {why}"))),
+            Err(Conversion::Js(e)) => Err(e),
+        },
     }
 }
 
-fn path_arg<'js>(
-    ctx: &Ctx<'js>,
-    h: &Host,
-    path: &JsValue<'js>,
-    what: &str,
-) -> rquickjs::Result<Path> {
-    let Some(text) = path.as_string().and_then(|s| s.to_string().ok()) else {
-        return Err(Exception::throw_type(
-            ctx,
+/// The text of a path argument.
+fn path_text(path: &JsValue<'_>, what: &str) -> rquickjs::Result<String> {
+    match path.as_string().and_then(|s| s.to_string().ok()) {
+        Some(text) => Ok(text),
+        None => Err(Exception::throw_type(
+            path.ctx(),
             &format!(
                 "{what}: the path must be a string like \"rooms/lobby/players\", not {}",
                 path.type_name()
             ),
-        ));
-    };
-    let path = Path::parse_with(&text, &h.env.paths)
-        .map_err(|e| Exception::throw_type(ctx, &format!("{what}({text:?}): {e}")))?;
-    if path.keys().first().is_some_and(|k| k.as_str() == "$sys") {
-        return Err(Exception::throw_type(
-            ctx,
-            &format!("{what}({text:?}): $sys/ is the system's; functions cannot read or write it"),
-        ));
+        )),
+    }
+}
+
+fn path_arg(h: &Host, text: &str, what: &str) -> Result<Path, Refusal> {
+    let path = Path::parse_with(text, &h.env.paths)
+        .map_err(|e| Refusal::Type(format!("{what}({text:?}): {e}")))?;
+    if path.is_root() {
+        return Err(Refusal::Type(format!(
+            "{what}({text:?}): functions read and write under the root, not the root itself (it also holds the system's $sys/)"
+        )));
+    }
+    if path.is_reserved() {
+        return Err(Refusal::Type(format!(
+            "{what}({text:?}): top-level keys starting with $ are the system's; functions cannot read or write them"
+        )));
     }
     Ok(path)
 }
 
-fn read<'js, R>(
-    ctx: &Ctx<'js>,
-    h: &mut Host,
-    f: impl FnOnce(&mut tarn_core::Engine) -> R,
-) -> rquickjs::Result<(R, u64)> {
-    h.env.db.peek(f).map_err(|e| {
-        h.failed = Some(CallError::Unavailable(e.to_string()));
-        Exception::throw_internal(ctx, &format!("the database is unavailable: {e}"))
-    })
+fn read<R>(h: &mut Host, f: impl FnOnce(&mut tarn_core::Engine) -> R) -> Result<R, Refusal> {
+    match h.env.db.peek(f) {
+        Ok((out, lsn)) => {
+            h.buffer.lsn = h.buffer.lsn.max(lsn);
+            Ok(out)
+        }
+        Err(e) => {
+            h.failed = Some(CallError::Unavailable(e.to_string()));
+            Err(Refusal::Internal(format!(
+                "the database is unavailable: {e}"
+            )))
+        }
+    }
 }
 
-fn check_reads(ctx: &Ctx<'_>, h: &Host) -> rquickjs::Result<()> {
-    if h.buffer.reads() > h.env.max_reads {
-        return Err(Exception::throw_range(
-            ctx,
-            &format!(
-                "more than {} distinct reads in one call (limits.max_txn_reads)",
-                h.env.max_reads
-            ),
-        ));
+fn check_reads(h: &Host) -> Result<(), Refusal> {
+    // One read is kept for the call's stored outcome.
+    let max = h.env.max_reads.saturating_sub(1);
+    if h.buffer.reads() > max {
+        return Err(Refusal::Range(format!(
+            "more than {max} distinct reads in one call (limits.max_txn_reads, less one for the call's outcome)"
+        )));
     }
     Ok(())
 }
 
-fn write(ctx: &Ctx<'_>, h: &mut Host, path: Path, value: Value) -> rquickjs::Result<()> {
+fn write(h: &mut Host, path: Path, value: Value) -> Result<(), Refusal> {
+    h.bytes = h.bytes.saturating_add(value.json_len());
+    if h.bytes > h.env.max_bytes {
+        return Err(Refusal::Range(format!(
+            "the values written in one call exceed {} bytes (limits.max_txn_bytes)",
+            h.env.max_bytes
+        )));
+    }
     h.buffer.set(path, value);
-    if h.buffer.writes() > h.env.max_writes {
-        return Err(Exception::throw_range(
-            ctx,
-            &format!(
-                "more than {} writes in one call (limits.max_txn_writes)",
-                h.env.max_writes
-            ),
-        ));
+    // One write is kept for the call's stored outcome.
+    let max = h.env.max_writes.saturating_sub(1);
+    if h.buffer.writes() > max {
+        return Err(Refusal::Range(format!(
+            "more than {max} writes in one call (limits.max_txn_writes, less one for the call's outcome)"
+        )));
     }
     Ok(())
 }
@@ -930,16 +1091,37 @@ pub fn to_js<'js>(ctx: &Ctx<'js>, value: &Value) -> rquickjs::Result<JsValue<'js
     })
 }
 
+/// Why a JavaScript value could not be taken.
+pub enum Conversion {
+    /// It is not a JSON value (a function, `NaN`, too deep, too large).
+    Bad(String),
+    /// Code it ran (`toJSON`, a getter) threw; the exception is pending.
+    Js(rquickjs::Error),
+}
+
+impl From<String> for Conversion {
+    fn from(s: String) -> Conversion {
+        Conversion::Bad(s)
+    }
+}
+
 /// A JavaScript value as a tarn value, as `JSON.stringify` would see it:
 /// `undefined` is `null`, object properties that are functions, symbols
 /// or `undefined` are left out, `toJSON` is used. Numbers must be finite;
-/// integers in the safe range are integers.
-pub fn from_js<'js>(value: &JsValue<'js>, depth: usize, max_depth: usize) -> Result<Value, String> {
+/// integers in the safe range are integers. Arrays longer than
+/// `max_bytes / 2` elements (each takes at least two bytes as JSON) are
+/// refused before anything is copied.
+pub fn from_js<'js>(
+    value: &JsValue<'js>,
+    depth: usize,
+    max_depth: usize,
+    max_bytes: usize,
+) -> Result<Value, Conversion> {
     use rquickjs::Type;
     if depth > max_depth {
-        return Err(format!(
-            "nested deeper than {max_depth} levels (limits.max_value_nesting)"
-        ));
+        return Err(
+            format!("nested deeper than {max_depth} levels (limits.max_value_nesting)").into(),
+        );
     }
     Ok(match value.type_of() {
         Type::Uninitialized | Type::Undefined | Type::Null => Value::Null,
@@ -948,7 +1130,7 @@ pub fn from_js<'js>(value: &JsValue<'js>, depth: usize, max_depth: usize) -> Res
         Type::Float => {
             let f = value.as_float().unwrap_or(f64::NAN);
             if !f.is_finite() {
-                return Err(format!("{f} is not a JSON number"));
+                return Err(format!("{f} is not a JSON number").into());
             }
             if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
                 Value::Int(f as i64)
@@ -963,37 +1145,52 @@ pub fn from_js<'js>(value: &JsValue<'js>, depth: usize, max_depth: usize) -> Res
                 .unwrap_or_default(),
         ),
         Type::Array => {
-            let array = value.as_array().ok_or("not an array")?;
-            let mut items = Vec::with_capacity(array.len());
-            for item in array.iter::<JsValue>() {
-                let item = item.map_err(|e| e.to_string())?;
+            let array = value
+                .as_object()
+                .ok_or_else(|| "not an array".to_string())?;
+            let len: f64 = array.get("length").map_err(Conversion::Js)?;
+            let max = (max_bytes / 2) as f64;
+            if !(0.0..=max).contains(&len) {
+                return Err(format!(
+                    "an array of {len} elements is larger than a value may be (limits.max_value_bytes)"
+                )
+                .into());
+            }
+            let len = len as usize;
+            let mut items = Vec::with_capacity(len);
+            for i in 0..len {
+                let item: JsValue = array.get(i as u32).map_err(Conversion::Js)?;
                 items.push(if item.is_function() || item.is_symbol() {
                     Value::Null
                 } else {
-                    from_js(&item, depth + 1, max_depth)?
+                    from_js(&item, depth + 1, max_depth, max_bytes)?
                 });
             }
             Value::Array(items.into())
         }
         Type::Symbol | Type::Function | Type::Constructor => {
-            return Err(format!("a {} is not a value", value.type_name()));
+            return Err(format!("a {} is not a value", value.type_name()).into());
         }
-        Type::BigInt => return Err("a BigInt is not a JSON number".into()),
+        Type::BigInt => return Err("a BigInt is not a JSON number".to_string().into()),
         _ => {
-            let obj = value.as_object().ok_or("not an object")?;
-            if let Ok(to_json) = obj.get::<_, Function>("toJSON") {
+            let obj = value
+                .as_object()
+                .ok_or_else(|| "not an object".to_string())?;
+            let to_json: JsValue = obj.get("toJSON").map_err(Conversion::Js)?;
+            if let Some(to_json) = to_json.as_function() {
                 let json: JsValue = to_json
                     .call((rquickjs::function::This(obj.clone()),))
-                    .map_err(|e| format!("toJSON failed: {e}"))?;
-                return from_js(&json, depth + 1, max_depth);
+                    .map_err(Conversion::Js)?;
+                return from_js(&json, depth + 1, max_depth, max_bytes);
             }
             let mut children = std::collections::BTreeMap::new();
-            for entry in obj.props::<String, JsValue>() {
-                let (k, v) = entry.map_err(|e| e.to_string())?;
+            for k in obj.keys::<String>() {
+                let k = k.map_err(Conversion::Js)?;
+                let v: JsValue = obj.get(&k).map_err(Conversion::Js)?;
                 if v.is_undefined() || v.is_function() || v.is_symbol() {
                     continue;
                 }
-                let child = from_js(&v, depth + 1, max_depth)?;
+                let child = from_js(&v, depth + 1, max_depth, max_bytes)?;
                 children.insert(Arc::from(k.as_str()), child);
             }
             Value::Object(children)

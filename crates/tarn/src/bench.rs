@@ -70,6 +70,9 @@ enum Area {
     /// tarn-client against a server in this process: transactions,
     /// prediction.
     Client,
+    /// Server functions: a call in process, and calls per second over
+    /// WebSocket from 8 clients.
+    Functions,
     /// Internal: open the data directory `--dir` in this fresh process and
     /// print `<wal bytes> <seconds>` (how `store` times startup replay).
     #[value(hide = true)]
@@ -113,6 +116,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             crate::bench_server::run(duration, vs_redis)?
         }
         Area::Client => crate::bench_client::run(duration)?,
+        Area::Functions => crate::bench_functions::run(duration)?,
         Area::Compare => {
             anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
             let default_mib = if args.quick { 32 } else { 1024 };

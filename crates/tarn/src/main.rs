@@ -25,6 +25,7 @@ fn stdout_line(args: std::fmt::Arguments<'_>) {
 
 mod bench;
 mod bench_client;
+mod bench_functions;
 mod bench_server;
 mod bench_store;
 mod cli;

@@ -123,6 +123,25 @@ export function boom() { throw new TypeError("boom"); }
 export function writeSys(ctx) { ctx.set("$sys/calls/x", 1); }
 export function badReturn() { return () => 1; }
 export function keep(ctx) { globalThis.kept = ctx; }
+export function root(ctx) { ctx.set("", 1); }
+export function rootPatch(ctx) { ctx.patch("", { "$sys": null }); }
+export function presence(ctx) { return ctx.get("$presence/x"); }
+export function throwNull() { throw null; }
+export function longArray() { const a = []; a.length = 2 ** 31 - 1; return a; }
+export function hook() { Error.prepareStackTrace = () => "hooked"; }
+export function iteratorProto() { Object.getPrototypeOf([].values()).next = () => ({ done: true }); }
+export function jobs(ctx) {
+  Promise.resolve().then(() => ctx.set("jobs/then", true));
+  return "sync";
+}
+export function localTime() {
+  const d = new Date(2020, 0, 2, 3, 4, 5);
+  return [d.getTime(), d.getHours(), d.getTimezoneOffset(), String(d), new Date("2020-01-02T03:04:05").getTime()];
+}
+export function empties(ctx) {
+  ctx.set("e/a", { b: {}, c: 1 });
+  return [ctx.get("e/a"), ctx.keys("e/a")];
+}
 "#;
 
 #[test]
@@ -407,4 +426,34 @@ fn no_module_is_a_clear_error() {
     let e = call(&f, "anything", "null", None).unwrap_err();
     assert_eq!(e.code(), "no_module");
     assert!(e.to_string().contains("tarn deploy"), "{e}");
+}
+
+#[test]
+fn escapes_from_the_sandbox_are_closed() {
+    let f = fixture(APP);
+    for function in ["root", "rootPatch", "presence", "hook", "iteratorProto"] {
+        let e = call(&f, function, "null", None).unwrap_err();
+        assert_eq!(e.code(), "function_error", "{function}: {e}");
+    }
+    let e = call(&f, "throwNull", "null", None).unwrap_err();
+    assert_eq!(e.code(), "function_error", "{e}");
+    let e = call(&f, "longArray", "null", None).unwrap_err();
+    assert_eq!(e.code(), "bad_value", "{e}");
+    // Promise jobs a synchronous function queues run within its call.
+    assert_eq!(
+        call(&f, "jobs", "null", None).unwrap().result,
+        Value::str("sync")
+    );
+    assert_eq!(get(&f, "jobs/then"), Value::Bool(true));
+    // Dates are in UTC whatever the machine's zone.
+    let a = call(&f, "localTime", "null", None).unwrap();
+    assert_eq!(
+        a.result,
+        json(r#"[1577934245000, 3, 0, "Thu, 02 Jan 2020 03:04:05 GMT", 1577934245000]"#)
+    );
+    // Empty objects written are absent when read back, as in the store.
+    let a = call(&f, "empties", "null", None).unwrap();
+    assert_eq!(a.result, json(r#"[{"c": 1}, ["c"]]"#));
+    // The stored system data is intact.
+    assert_eq!(f.functions.module().unwrap().version, 1);
 }
