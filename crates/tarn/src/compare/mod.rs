@@ -41,6 +41,7 @@ pub enum Workload {
     Fanout,
     WatchLatency,
     Recovery,
+    Functions,
 }
 
 /// What `tarn bench compare` runs.
@@ -138,6 +139,7 @@ pub fn run(o: Options) -> Result<()> {
         Workload::Fanout,
         Workload::WatchLatency,
         Workload::Recovery,
+        Workload::Functions,
     ];
     let selected: Vec<Workload> = all
         .into_iter()
@@ -158,6 +160,7 @@ pub fn run(o: Options) -> Result<()> {
             Workload::Fanout => c.fanout(),
             Workload::WatchLatency => c.watch_latency(),
             Workload::Recovery => c.recovery(),
+            Workload::Functions => c.functions(),
         };
         // The figures measured so far are still written.
         if let Err(e) = done {
@@ -347,10 +350,21 @@ impl Compare<'_> {
     }
 
     fn durable_txn(&mut self) -> Result<()> {
+        self.txn_workload(false)
+    }
+
+    fn functions(&mut self) -> Result<()> {
+        self.txn_workload(true)
+    }
+
+    /// `durable_txn`, or with `tarn_fn` `functions`: the same load, tarn's
+    /// transaction a server-function call.
+    fn txn_workload(&mut self, tarn_fn: bool) -> Result<()> {
+        let name = if tarn_fn { "functions" } else { "durable_txn" };
         let Some(mut servers) = self.start(
-            "durable_txn",
+            name,
             &[
-                self.tarn("always", "durable_txn")?,
+                self.tarn("always", name)?,
                 (System::Etcd, Settings::default()),
                 (System::Postgres, Settings::default()),
             ],
@@ -359,16 +373,30 @@ impl Compare<'_> {
             return Ok(());
         };
         for s in &servers {
-            self.rt.block_on(workloads::txn_setup(s.system, s.port))?;
+            if tarn_fn {
+                self.rt
+                    .block_on(workloads::functions_setup(s.system, s.port))?;
+            } else {
+                self.rt.block_on(workloads::txn_setup(s.system, s.port))?;
+            }
         }
         let (rt, duration) = (self.rt, self.o.duration);
-        let runs = self.alternate("durable_txn", &mut servers, |s| {
-            rt.block_on(workloads::durable_txn(s.system, s.port, duration))
+        let runs = self.alternate(name, &mut servers, |s| {
+            if tarn_fn {
+                rt.block_on(workloads::functions(s.system, s.port, duration))
+            } else {
+                rt.block_on(workloads::durable_txn(s.system, s.port, duration))
+            }
         })?;
         let mut dist = Dist {
             title: format!(
-                "durable_txn: read-modify-write of 2 keys, {} clients",
-                workloads::TXN_CLIENTS
+                "{name}: read-modify-write of 2 keys, {} clients{}",
+                workloads::TXN_CLIENTS,
+                if tarn_fn {
+                    " (tarn: one server-function call)"
+                } else {
+                    ""
+                }
             ),
             series: vec![],
         };
@@ -389,32 +417,48 @@ impl Compare<'_> {
             ));
         }
         self.report.add(Figure {
-            name: "durable_txn".into(),
+            name: name.into(),
             unit: "txn/s",
             higher_is_better: true,
             runs: rates,
-            goals: vec![(System::Etcd, 10.0), (System::Postgres, 3.0)],
+            goals: if tarn_fn {
+                vec![]
+            } else {
+                vec![(System::Etcd, 10.0), (System::Postgres, 3.0)]
+            },
         });
         self.report.add(Figure {
-            name: "durable_txn_p99".into(),
+            name: format!("{name}_p99"),
             unit: "ms",
             higher_is_better: false,
             runs: p99s,
             goals: vec![],
         });
         self.report.dists.push(dist);
-        self.report.notes.push(format!(
-            "durable_txn: {} clients, each its own connection, each transaction reading 2 \
-             of {} keys and writing both incremented, retried on conflict; every commit \
-             fsynced before it is acknowledged (tarn `sync = always` through tarn-client's \
-             `transact`: `get_all` of both keys in one round trip, then the commit; etcd: one txn of 2 serializable reads, \
-             then a txn comparing both mod revisions; PostgreSQL: BEGIN ISOLATION LEVEL \
-             SERIALIZABLE, SELECT, 2 UPDATEs, COMMIT, `synchronous_commit = on`). Retried \
-             attempts, all runs: {}.",
-            workloads::TXN_CLIENTS,
-            workloads::TXN_KEYS,
-            retries.join(", ")
-        ));
+        if tarn_fn {
+            self.report.notes.push(format!(
+                "functions: durable_txn's load with tarn's transaction as one call of a server \
+                 function (`rmw`: 2 `ctx.get`s, 2 `ctx.set`s), sent over tarn-client's \
+                 WebSocket, run, committed (`sync = always`) and rerun on conflict by the \
+                 server, answered once durable: one round trip instead of two. etcd and \
+                 PostgreSQL run their durable_txn clients again. Reruns and retries, all \
+                 runs: {}.",
+                retries.join(", ")
+            ));
+        } else {
+            self.report.notes.push(format!(
+                "durable_txn: {} clients, each its own connection, each transaction reading 2 \
+                 of {} keys and writing both incremented, retried on conflict; every commit \
+                 fsynced before it is acknowledged (tarn `sync = always` through tarn-client's \
+                 `transact`: `get_all` of both keys in one round trip, then the commit; etcd: one txn of 2 serializable reads, \
+                 then a txn comparing both mod revisions; PostgreSQL: BEGIN ISOLATION LEVEL \
+                 SERIALIZABLE, SELECT, 2 UPDATEs, COMMIT, `synchronous_commit = on`). Retried \
+                 attempts, all runs: {}.",
+                workloads::TXN_CLIENTS,
+                workloads::TXN_KEYS,
+                retries.join(", ")
+            ));
+        }
         Ok(())
     }
 

@@ -89,6 +89,47 @@ async fn pg_connect(port: u16) -> Result<tokio_postgres::Client> {
 /// one serializable transaction committed with an fsync, retried on
 /// conflict, for `duration`.
 pub async fn durable_txn(system: System, port: u16, duration: Duration) -> Result<TxnRun> {
+    txn_load(system, port, duration, false).await
+}
+
+/// The module `functions` deploys: `durable_txn`'s transaction as a
+/// server function.
+pub const RMW_MODULE: &str = r#"
+export function rmw(ctx, { a, b }) {
+  const va = ctx.get(a) ?? 0;
+  const vb = ctx.get(b) ?? 0;
+  ctx.set(a, va + 1);
+  ctx.set(b, vb + 1);
+}
+"#;
+
+/// Prepares a server for `functions`: tarn gets [`RMW_MODULE`]; the
+/// peers are set up as for `durable_txn`.
+pub async fn functions_setup(system: System, port: u16) -> Result<()> {
+    if system != System::Tarn {
+        return txn_setup(system, port).await;
+    }
+    let resp = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{port}/v1/module"))
+        .body(RMW_MODULE)
+        .send()
+        .await
+        .context("deploying the functions module")?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "deploying the functions module: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `functions`: `durable_txn`, with tarn's transaction one call of a
+/// server function (one round trip; the server reruns it on conflict).
+pub async fn functions(system: System, port: u16, duration: Duration) -> Result<TxnRun> {
+    txn_load(system, port, duration, true).await
+}
+
+async fn txn_load(system: System, port: u16, duration: Duration, tarn_fn: bool) -> Result<TxnRun> {
     // Every client connects (and prepares) first; the measured time runs
     // from their common start to the last one's last commit.
     let gate = Arc::new(tokio::sync::Barrier::new(TXN_CLIENTS));
@@ -105,6 +146,7 @@ pub async fn durable_txn(system: System, port: u16, duration: Duration) -> Resul
                 duration,
             };
             match system {
+                System::Tarn if tarn_fn => txn_tarn_fn(port, load).await,
                 System::Tarn => txn_tarn(port, load).await,
                 System::Etcd => txn_etcd(port, load).await,
                 System::Postgres => txn_postgres(port, load).await,
@@ -202,6 +244,39 @@ async fn txn_tarn(port: u16, mut load: Load) -> Result<ClientRun> {
     client.close().await;
     Ok(ClientRun {
         retries: attempts.load(Ordering::Relaxed) - lat.len() as u64,
+        latencies_ms: lat,
+        started,
+        finished,
+    })
+}
+
+async fn txn_tarn_fn(port: u16, mut load: Load) -> Result<ClientRun> {
+    use tarn_client::Value;
+    let client = tarn_client::Client::connect(
+        &format!("ws://127.0.0.1:{port}"),
+        tarn_client::Options::default(),
+    )
+    .await?;
+    let (mut lat, mut retries) = (Vec::new(), 0u64);
+    let (started, deadline) = load.start().await;
+    while Instant::now() < deadline {
+        let (a, b) = pick(&mut load.rng);
+        let args = Value::Object(
+            [
+                ("a".into(), Value::str(&format!("dt/k{a}"))),
+                ("b".into(), Value::str(&format!("dt/k{b}"))),
+            ]
+            .into(),
+        );
+        let t = Instant::now();
+        let done = client.call("rmw", args).await?;
+        lat.push(ms(t));
+        retries += u64::from(done.reruns);
+    }
+    let finished = Instant::now();
+    client.close().await;
+    Ok(ClientRun {
+        retries,
         latencies_ms: lat,
         started,
         finished,

@@ -128,6 +128,27 @@ fn bench_server_prints_every_figure() {
     );
 }
 
+#[test]
+fn bench_functions_prints_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args(["bench", "functions", "--duration-ms", "100"])
+        .output()
+        .unwrap();
+    assert_figures(
+        out,
+        "functions",
+        &[
+            "functions.call_us_p50",
+            "functions.call_us_p99",
+            "functions.instance_us_p50",
+            "functions.echo_us_p50",
+            "functions.calls_per_sec",
+            "functions.ws_call_us_p50",
+            "functions.ws_call_us_p99",
+        ],
+    );
+}
+
 /// `tarn bench compare --quick` against every peer (test.sh installs them
 /// with scripts/bench-deps.sh): each figure and ratio line, values that are
 /// numbers, and the report with its plot. One run per figure keeps the
@@ -188,6 +209,10 @@ fn bench_compare_runs_every_workload_against_every_peer() {
             &["tarn", "etcd", "redis", "ratio_etcd"],
         ),
         ("recovery", &["tarn", "redis", "ratio"]),
+        (
+            "functions",
+            &["tarn", "etcd", "postgres", "ratio_etcd", "ratio_postgres"],
+        ),
         ("recovery_secs", &["tarn", "redis"]),
     ] {
         for s in systems {
