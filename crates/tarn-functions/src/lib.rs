@@ -54,6 +54,11 @@ pub struct FunctionLimits {
     /// Calls queued or running at once before new ones are refused with
     /// `rate_limited` (`functions.max_pending_calls`, default 4096).
     pub max_pending_calls: usize,
+    /// How long the outcome of a call with an id is kept under
+    /// `$sys/calls/` (`functions.outcome_retention_ms`, default 1 hour):
+    /// a repeat within it is answered from the outcome, a repeat after it
+    /// runs again.
+    pub outcome_retention: Duration,
 }
 
 impl Default for FunctionLimits {
@@ -65,6 +70,7 @@ impl Default for FunctionLimits {
             max_reruns: 16,
             engines: 0,
             max_pending_calls: 4096,
+            outcome_retention: Duration::from_secs(3600),
         }
     }
 }

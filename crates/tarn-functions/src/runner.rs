@@ -140,6 +140,9 @@ struct Shared {
     pending: AtomicUsize,
     stats: Stats,
     deploying: Mutex<()>,
+    /// Stored outcomes by commit time (ms), oldest first: what the
+    /// sweeper deletes once past the retention.
+    outcomes: Mutex<std::collections::VecDeque<(u64, String)>>,
 }
 
 impl Shared {
@@ -156,6 +159,8 @@ pub struct Functions {
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// Dropping it stops the sweeper.
+    stop_sweeper: Option<Sender<()>>,
 }
 
 const SYS: &str = "$sys";
@@ -192,7 +197,9 @@ impl Functions {
             pending: AtomicUsize::new(0),
             stats: Stats::default(),
             deploying: Mutex::new(()),
+            outcomes: Mutex::new(std::collections::VecDeque::new()),
         });
+        load_outcomes(&shared)?;
         let stored = load_module(&shared)?;
         if let Some((version, source)) = stored {
             match compile(&source, version, limits) {
@@ -222,10 +229,18 @@ impl Functions {
                 .map_err(|e| CallError::Internal(format!("starting an engine thread: {e}")))?;
             threads.push(thread);
         }
+        let (stop_sweeper, stopped) = crossbeam_channel::bounded::<()>(0);
+        let sweeper_shared = Arc::clone(&shared);
+        let sweeper = std::thread::Builder::new()
+            .name("tarn-fn-outcomes".into())
+            .spawn(move || sweep_loop(&sweeper_shared, &stopped))
+            .map_err(|e| CallError::Internal(format!("starting the outcome sweeper: {e}")))?;
+        threads.push(sweeper);
         Ok(Functions {
             shared,
             jobs: Some(tx),
             threads,
+            stop_sweeper: Some(stop_sweeper),
         })
     }
 
@@ -402,6 +417,7 @@ impl Drop for Functions {
     fn drop(&mut self) {
         // Closing the queue ends each engine after its current call.
         self.jobs = None;
+        self.stop_sweeper = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -592,6 +608,9 @@ fn run_call(
         match db.submit(txn) {
             Ok(pending) => {
                 shared.stats.record(sample(result.is_err(), reruns));
+                if let Some(id) = &call.call_id {
+                    remember_outcome(shared, pending.commit.time.ms, id);
+                }
                 let time = (!pending.commit.changes.is_empty()).then_some(pending.commit.time);
                 return Ok(Done {
                     outcome: result,
@@ -640,13 +659,18 @@ fn run_call(
                     }],
                 );
                 return match db.submit(txn) {
-                    Ok(pending) => Ok(Done {
-                        outcome: failed.clone(),
-                        time: Some(pending.commit.time),
-                        lsn: pending.lsn,
-                        reruns,
-                        replayed: false,
-                    }),
+                    Ok(pending) => {
+                        if let Some(id) = &call.call_id {
+                            remember_outcome(shared, pending.commit.time.ms, id);
+                        }
+                        Ok(Done {
+                            outcome: failed.clone(),
+                            time: Some(pending.commit.time),
+                            lsn: pending.lsn,
+                            reruns,
+                            replayed: false,
+                        })
+                    }
                     // Overtaken: by a run of the same id (its outcome is the
                     // answer), or by a write to what the run read (run it
                     // again).
@@ -778,6 +802,92 @@ fn replay(stored: &Value, seen: Time, lsn: u64) -> Done {
         lsn,
         reruns: 0,
         replayed: true,
+    }
+}
+
+/// Notes a stored outcome for the sweeper.
+fn remember_outcome(shared: &Shared, ms: u64, call_id: &str) {
+    shared
+        .outcomes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push_back((ms, call_id.to_string()));
+}
+
+/// The outcomes stored before this start, oldest first (read once, a
+/// thousand at a time so the engine lock is never held long).
+fn load_outcomes(shared: &Shared) -> Result<(), CallError> {
+    let paths = &shared.env.paths;
+    let calls = sys_path(&["calls"], paths).map_err(CallError::Internal)?;
+    let db = &shared.env.db;
+    let unavailable = |e: tarn_store::StoreError| CallError::Unavailable(e.to_string());
+    let (ids, _) = db.peek(|e| e.store().keys(&calls)).map_err(unavailable)?;
+    let mut found = Vec::with_capacity(ids.keys.len());
+    for chunk in ids.keys.chunks(1000) {
+        let (times, _) = db
+            .peek(|e| {
+                chunk
+                    .iter()
+                    .filter_map(|k| {
+                        let path = calls.child(k.clone(), paths).ok()?;
+                        Some((e.store().get(&path).seen.ms, k.as_str().to_string()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(unavailable)?;
+        found.extend(times);
+    }
+    found.sort();
+    *shared.outcomes.lock().unwrap_or_else(|p| p.into_inner()) = found.into();
+    Ok(())
+}
+
+/// Deletes stored outcomes older than the retention, a thousand per
+/// transaction, until `stop` closes.
+fn sweep_loop(shared: &Shared, stop: &Receiver<()>) {
+    let retention_ms =
+        u64::try_from(shared.limits.outcome_retention.as_millis()).unwrap_or(u64::MAX);
+    let every = (shared.limits.outcome_retention / 10)
+        .clamp(Duration::from_millis(10), Duration::from_secs(10));
+    let paths = shared.env.paths;
+    let Ok(calls) = sys_path(&["calls"], &paths) else {
+        return;
+    };
+    loop {
+        match stop.recv_timeout(every) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let cutoff = wall_ms().saturating_sub(retention_ms);
+        loop {
+            let expired: Vec<(u64, String)> = {
+                let mut queue = shared.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                let n = queue
+                    .iter()
+                    .take(1000)
+                    .take_while(|(ms, _)| *ms < cutoff)
+                    .count();
+                queue.drain(..n).collect()
+            };
+            if expired.is_empty() {
+                break;
+            }
+            let mut seen = std::collections::HashSet::new();
+            let writes = expired
+                .iter()
+                .filter(|(_, id)| seen.insert(id.as_str()))
+                .filter_map(|(_, id)| {
+                    let key = Key::new(id, &paths).ok()?;
+                    Some(Write::Delete {
+                        path: calls.child(key, &paths).ok()?,
+                    })
+                })
+                .collect();
+            if let Err(e) = shared.env.db.submit(Txn::new(Vec::new(), writes)) {
+                tracing::warn!("expiring stored call outcomes: {e}");
+                break;
+            }
+        }
     }
 }
 

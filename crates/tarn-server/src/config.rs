@@ -72,6 +72,9 @@ pub struct FunctionsConfig {
     pub engines: usize,
     /// Calls queued or running on the server (`rate_limited`).
     pub max_pending_calls: usize,
+    /// How long a call id's outcome is kept: a repeat within it is
+    /// answered from the outcome, after it runs again.
+    pub outcome_retention_ms: u64,
 }
 
 impl Default for FunctionsConfig {
@@ -84,6 +87,8 @@ impl Default for FunctionsConfig {
             max_reruns: d.max_reruns,
             engines: d.engines,
             max_pending_calls: d.max_pending_calls,
+            outcome_retention_ms: u64::try_from(d.outcome_retention.as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -98,6 +103,7 @@ impl FunctionsConfig {
             max_reruns: self.max_reruns,
             engines: self.engines,
             max_pending_calls: self.max_pending_calls,
+            outcome_retention: std::time::Duration::from_millis(self.outcome_retention_ms),
         }
     }
 }

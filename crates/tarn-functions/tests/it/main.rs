@@ -457,3 +457,67 @@ fn escapes_from_the_sandbox_are_closed() {
     // The stored system data is intact.
     assert_eq!(f.functions.module().unwrap().version, 1);
 }
+
+#[test]
+fn outcomes_expire_after_the_retention_and_the_id_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(dir.path(), StoreOptions::default()).unwrap());
+    let functions = Functions::open(
+        Arc::clone(&db),
+        FunctionLimits {
+            engines: 1,
+            outcome_retention: Duration::from_millis(50),
+            ..FunctionLimits::default()
+        },
+    )
+    .unwrap();
+    functions.deploy(APP).unwrap();
+    let f = Fixture { dir, db, functions };
+    let first = call(&f, "increment", r#"{"name": "x"}"#, Some("short-lived")).unwrap();
+    assert_eq!(first.result, Value::Int(1));
+    // Gone once the sweeper has passed (polled, with a deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(&f, "$sys/calls/short-lived") != Value::Null {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome never expired"
+        );
+        std::thread::yield_now();
+    }
+    let again = call(&f, "increment", r#"{"name": "x"}"#, Some("short-lived")).unwrap();
+    assert!(!again.replayed);
+    assert_eq!(
+        again.result,
+        Value::Int(2),
+        "past the retention, the id runs again"
+    );
+    assert_eq!(get(&f, "counters/x"), Value::Int(2));
+}
+
+#[test]
+fn outcomes_stored_before_a_restart_expire_too() {
+    let f = fixture(APP);
+    call(&f, "increment", r#"{"name": "y"}"#, Some("old-one")).unwrap();
+    let Fixture { dir, db, functions } = f;
+    drop(functions);
+    Arc::try_unwrap(db).ok().unwrap().close().unwrap();
+    let db = Arc::new(Db::open(dir.path(), StoreOptions::default()).unwrap());
+    let functions = Functions::open(
+        Arc::clone(&db),
+        FunctionLimits {
+            engines: 1,
+            outcome_retention: Duration::from_millis(50),
+            ..FunctionLimits::default()
+        },
+    )
+    .unwrap();
+    let f = Fixture { dir, db, functions };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(&f, "$sys/calls/old-one") != Value::Null {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome never expired"
+        );
+        std::thread::yield_now();
+    }
+}
