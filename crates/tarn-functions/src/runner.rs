@@ -85,6 +85,11 @@ pub struct Answer {
     /// True when answered from the stored outcome of an earlier call with
     /// the same id, without running.
     pub replayed: bool,
+    /// The log sequence number made durable before answering.
+    pub lsn: u64,
+    /// Whether the call's commit reached any watch: a server that queues
+    /// watch changes before answers waits for those (`Hub::routed`).
+    pub watched: bool,
 }
 
 /// The result of a deploy.
@@ -114,6 +119,7 @@ struct Done {
     lsn: u64,
     reruns: u32,
     replayed: bool,
+    watched: bool,
 }
 
 impl Done {
@@ -123,6 +129,8 @@ impl Done {
             time: self.time,
             reruns: self.reruns,
             replayed: self.replayed,
+            lsn: self.lsn,
+            watched: self.watched,
         })
     }
 }
@@ -618,6 +626,7 @@ fn run_call(
                     lsn: pending.lsn.max(read_lsn),
                     reruns,
                     replayed: false,
+                    watched: !pending.commit.deliveries.is_empty(),
                 });
             }
             Err(CommitError::Txn(TxnError::Rejected(rejection))) => {
@@ -669,6 +678,7 @@ fn run_call(
                             lsn: pending.lsn,
                             reruns,
                             replayed: false,
+                            watched: !pending.commit.deliveries.is_empty(),
                         })
                     }
                     // Overtaken: by a run of the same id (its outcome is the
@@ -802,6 +812,7 @@ fn replay(stored: &Value, seen: Time, lsn: u64) -> Done {
         lsn,
         reruns: 0,
         replayed: true,
+        watched: false,
     }
 }
 

@@ -596,11 +596,20 @@ impl Session {
             ));
         };
         let functions = Arc::clone(&self.app.functions);
+        let hub = Arc::clone(&self.app.hub);
         let outbox = Arc::clone(&self.outbox);
         tokio::spawn(async move {
             let _permit = permit;
             let call = tarn_functions::Call::new(function, args.0, call_id);
-            outbox.push(match functions.call(call).await {
+            let answer = functions.call(call).await;
+            // As for commits: the call's own changes reach this
+            // connection's watches before its answer.
+            if let Ok(a) = &answer
+                && a.watched
+            {
+                hub.routed(a.lsn).await;
+            }
+            outbox.push(match answer {
                 Ok(answer) => Response::Result {
                     id,
                     value: WireValue(answer.result),

@@ -379,3 +379,23 @@ fn a_module_with_a_syntax_error_is_refused_with_its_place_and_the_old_one_serves
         assert_eq!(status, 200);
     });
 }
+
+#[test]
+fn a_callers_watch_shows_the_calls_writes_before_its_answer() {
+    let server = Server::start(&[]);
+    assert!(deploy(&server, APP).status.success());
+    let ws = format!("ws://{}/v1/ws", server.addr);
+    rt().block_on(async move {
+        let client = Client::connect(&ws, Options::default()).await.unwrap();
+        let mut watch = client.watch_subtree("seen").await.unwrap();
+        let _initial = watch.recv().await;
+        for n in 1..=20 {
+            let args: tarn_client::Value =
+                serde_json::from_value(json!({"path": "seen/n"})).unwrap();
+            let result = client.call("increment", args).await.unwrap();
+            assert_eq!(result.value, tarn_client::Value::Int(n));
+            // The change came first: the cache already has it.
+            assert_eq!(client.cached("seen/n"), Some(tarn_client::Value::Int(n)));
+        }
+    });
+}
