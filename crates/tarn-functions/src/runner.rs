@@ -421,14 +421,27 @@ impl Functions {
     }
 }
 
-impl Drop for Functions {
-    fn drop(&mut self) {
-        // Closing the queue ends each engine after its current call.
+impl Functions {
+    /// Stops the engines and the sweeper and waits for them: a call
+    /// running now finishes first (at most the time limit).
+    pub fn close(mut self) {
         self.jobs = None;
         self.stop_sweeper = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Functions {
+    fn drop(&mut self) {
+        // Closing the queue ends each engine after its current call, and
+        // the sweeper at once. They are not joined: the last reference may
+        // be dropped on an async thread, which must not block; a call
+        // that ends after this is answered to no one.
+        self.jobs = None;
+        self.stop_sweeper = None;
+        self.threads.clear();
     }
 }
 
@@ -542,6 +555,21 @@ fn run_call(
     sandbox: Option<&mut Sandbox>,
     call: &Call,
 ) -> Result<Done, CallError> {
+    let env = &shared.env;
+    let db = &env.db;
+    let unavailable = |e: tarn_store::StoreError| CallError::Unavailable(e.to_string());
+    let outcome_at = match &call.call_id {
+        Some(id) => Some(outcome_path(id, &env.paths)?),
+        None => None,
+    };
+    // A call that already ran is answered even if the module changed
+    // since (or this engine cannot run anything).
+    if let Some(at) = &outcome_at {
+        let (observed, lsn) = db.peek(|e| e.store().get(at)).map_err(unavailable)?;
+        if let Some(stored) = observed.value {
+            return Ok(replay(&stored, observed.seen, lsn, call));
+        }
+    }
     let module = shared.module().ok_or(CallError::NoModule)?;
     if !module.functions.contains(&call.function) {
         return Err(CallError::UnknownFunction {
@@ -552,13 +580,6 @@ fn run_call(
     let sandbox = sandbox.ok_or_else(|| {
         CallError::Internal("the function engine could not start (see the server log)".into())
     })?;
-    let env = &shared.env;
-    let db = &env.db;
-    let unavailable = |e: tarn_store::StoreError| CallError::Unavailable(e.to_string());
-    let outcome_at = match &call.call_id {
-        Some(id) => Some(outcome_path(id, &env.paths)?),
-        None => None,
-    };
     let seed = match &call.call_id {
         Some(id) => id.clone(),
         None => fresh_call_id(),
@@ -570,7 +591,7 @@ fn run_call(
         if let Some(at) = &outcome_at {
             let (observed, lsn) = db.peek(|e| e.store().get(at)).map_err(unavailable)?;
             if let Some(stored) = observed.value {
-                return Ok(replay(&stored, observed.seen, lsn));
+                return Ok(replay(&stored, observed.seen, lsn, call));
             }
             outcome_seen = observed.seen;
         }
@@ -599,6 +620,20 @@ fn run_call(
             shared.stats.record(sample(true, reruns));
             return Err(e.clone());
         }
+        // The result must fit in one stored value as JSON text, whether or
+        // not this call stores it: the same call answers the same way with
+        // and without an id.
+        let result = result.and_then(|v| {
+            let len = stored_len(&v);
+            if len > env.max_value_bytes {
+                Err(CallError::BadReturn(format!(
+                    "the return value is {len} bytes as stored JSON text; the limit is {} (limits.max_value_bytes)",
+                    env.max_value_bytes
+                )))
+            } else {
+                Ok(v)
+            }
+        });
         let mut txn = if result.is_ok() {
             buffer.into_txn()
         } else {
@@ -642,7 +677,7 @@ fn run_call(
                         let (observed, lsn) =
                             db.peek(|e| e.store().get(at)).map_err(unavailable)?;
                         if let Some(stored) = observed.value {
-                            return Ok(replay(&stored, observed.seen, lsn));
+                            return Ok(replay(&stored, observed.seen, lsn, call));
                         }
                     }
                     shared.stats.record(sample(true, reruns));
@@ -653,8 +688,8 @@ fn run_call(
             }
             Err(CommitError::Txn(TxnError::Invalid(invalid))) => {
                 let error = CallError::BadWrites(invalid.to_string());
-                shared.stats.record(sample(true, reruns));
                 let Some(at) = &outcome_at else {
+                    shared.stats.record(sample(true, reruns));
                     return Err(error);
                 };
                 // The writes cannot be committed: record that as the
@@ -669,6 +704,7 @@ fn run_call(
                 );
                 return match db.submit(txn) {
                     Ok(pending) => {
+                        shared.stats.record(sample(true, reruns));
                         if let Some(id) = &call.call_id {
                             remember_outcome(shared, pending.commit.time.ms, id);
                         }
@@ -688,7 +724,7 @@ fn run_call(
                         let (observed, lsn) =
                             db.peek(|e| e.store().get(at)).map_err(unavailable)?;
                         if let Some(stored) = observed.value {
-                            return Ok(replay(&stored, observed.seen, lsn));
+                            return Ok(replay(&stored, observed.seen, lsn, call));
                         }
                         if reruns >= shared.limits.max_reruns {
                             return Err(CallError::Contention { reruns });
@@ -788,9 +824,28 @@ fn outcome_record(function: &str, result: &Result<Value, CallError>) -> Value {
     }
 }
 
+/// The length of `v` as JSON text inside a JSON string (quotes and
+/// escapes included): what its stored outcome's `ok` takes.
+fn stored_len(v: &Value) -> usize {
+    let json = serde_json::to_string(v).unwrap_or_default();
+    json.len() + 2 + json.bytes().filter(|b| *b == b'"' || *b == b'\\').count()
+}
+
 /// A call answered from its stored outcome.
-fn replay(stored: &Value, seen: Time, lsn: u64) -> Done {
+fn replay(stored: &Value, seen: Time, lsn: u64, call: &Call) -> Done {
+    let same_function = match field(stored, "fn") {
+        Some(Value::String(f)) => **f == *call.function,
+        _ => true,
+    };
     let outcome = match (field(stored, "ok"), field(stored, "error")) {
+        _ if !same_function => Err(CallError::BadCall(format!(
+            "the call id {:?} was already used for another function ({}); use a new id for each call",
+            call.call_id.as_deref().unwrap_or_default(),
+            match field(stored, "fn") {
+                Some(Value::String(f)) => f.to_string(),
+                _ => String::new(),
+            }
+        ))),
         (Some(Value::String(json)), _) => serde_json::from_str::<Value>(json)
             .map_err(|e| CallError::Internal(format!("a stored call outcome does not parse: {e}"))),
         (_, Some(error)) => {

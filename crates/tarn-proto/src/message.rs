@@ -190,7 +190,12 @@ pub enum Request {
         args: WireValue,
         /// The caller's id for this call (one path key): a repeat is
         /// answered with the first one's outcome and never runs again.
-        #[serde(default, rename = "callId", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            rename = "callId",
+            alias = "call_id",
+            skip_serializing_if = "Option::is_none"
+        )]
         call_id: Option<String>,
     },
 }

@@ -326,10 +326,18 @@ async fn post_call(
             Err(e) => return e,
         }
     };
-    let header_id = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header_id = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match std::str::from_utf8(v.as_bytes()) {
+            Ok(id) => Some(id.to_string()),
+            Err(_) => {
+                return fail(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "the Idempotency-Key header is not UTF-8 text",
+                ));
+            }
+        },
+    };
     let call_id = q.call_id.or(header_id);
     match app
         .functions
@@ -343,6 +351,16 @@ async fn post_call(
             replayed: answer.replayed,
         })
         .into_response(),
+        // What the function returned or wrote is the function's failure,
+        // not a bad request.
+        Err(e) if e.is_outcome() => {
+            let body = convert::call_error(&e);
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(ErrorEnvelope { error: body }),
+            )
+                .into_response()
+        }
         Err(e) => fail(convert::call_error(&e)),
     }
 }
@@ -484,7 +502,11 @@ fn function_metrics(app: &App) -> String {
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &stats {
-            let label = s.name.replace('\\', "\\\\").replace('"', "\\\"");
+            let label = s
+                .name
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             let _ = writeln!(out, "{name}{{function=\"{label}\"}} {}", get(s));
         }
     }

@@ -260,7 +260,11 @@ pub async fn run(
     // Flushing waits on the log, and the engines finish their calls: off
     // the async threads.
     tokio::task::spawn_blocking(move || {
-        drop(functions);
+        // Calls still running finish before the flush; if a connection's
+        // task still holds the functions, they stop when it lets go.
+        if let Ok(functions) = Arc::try_unwrap(functions) {
+            functions.close();
+        }
         db.flush()
     })
     .await

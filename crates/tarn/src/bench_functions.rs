@@ -123,7 +123,7 @@ fn in_process_at(dir: &std::path::Path, duration: Duration) -> Result<()> {
     );
     out!("functions.echo_us_p50 {:.1} us", percentile(&mut echo, 0.5));
     drop(engine);
-    drop(functions);
+    functions.close();
     db.flush()?;
     Ok(())
 }
