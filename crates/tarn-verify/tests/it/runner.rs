@@ -24,12 +24,24 @@ fn options(workload: Workload, seed: u64) -> RunOptions {
 }
 
 fn verify(workload: Workload, seed: u64) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let report = runtime
-        .block_on(run(options(workload, seed)))
+    // The run's future is large in debug builds and its polls are deep: on
+    // a test thread's 2 MiB stack it overflowed once in a few hundred
+    // runs. The run gets a thread of its own, with room (the `tarn-verify`
+    // binary runs it on its 8 MiB main thread), and its future lives on
+    // the heap.
+    let report = std::thread::Builder::new()
+        .name(format!("verify-{seed}"))
+        .stack_size(32 << 20)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(Box::pin(run(options(workload, seed))))
+        })
+        .expect("a thread for the run")
+        .join()
+        .expect("the run's thread")
         .expect("the run completes");
     for line in report.lines() {
         println!("{line}");
