@@ -209,10 +209,13 @@ async fn session(shared: &Shared, ws: Ws, healthy: &mut bool) -> Result<(), Stri
                 if pinged {
                     return Err(format!("no answer for {:?}; reconnecting", ping_every * 2));
                 }
+                // Its own id: an answer to it must never be taken for
+                // another request's.
                 let id = {
                     let mut state = shared.lock();
+                    let id = state.next_request;
                     state.next_request += 1;
-                    state.next_request
+                    id
                 };
                 send(&mut sink, vec![Request::Ping { id }]).await?;
                 pinged = true;

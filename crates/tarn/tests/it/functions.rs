@@ -399,3 +399,61 @@ fn a_callers_watch_shows_the_calls_writes_before_its_answer() {
         }
     });
 }
+
+#[test]
+fn calls_cut_off_by_kill_9_take_effect_once_when_retried() {
+    let server = Server::start(&[("TARN_WAL_SYNC", "always")]);
+    assert!(deploy(&server, APP).status.success());
+    const CALLS: usize = 200;
+    let url = server.url.clone();
+    // Calls in flight when the server dies: some committed (answered or
+    // not), some never ran.
+    let runtime = rt();
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let url = url.clone();
+            runtime.spawn(async move {
+                let body = format!(r#"{{"path": "cut/k{i}"}}"#);
+                let _ = reqwest::Client::new()
+                    .post(format!("{url}/v1/call/increment"))
+                    .header("idempotency-key", format!("cut-{i}"))
+                    .body(body)
+                    .send()
+                    .await;
+            })
+        })
+        .collect();
+    // Kill once some have landed (polled, with a deadline).
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = runtime.block_on(get(format!("{url}/v1/data/cut")));
+        if v.as_object().is_some_and(|o| o.len() >= 10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no call landed");
+    }
+    let (dir, addr) = server.kill();
+    for t in tasks {
+        let _ = runtime.block_on(t);
+    }
+    let server = Server::start_at(dir, &addr, &[]);
+    // Every id again, twice: each takes effect exactly once.
+    runtime.block_on(async {
+        for round in 0..2 {
+            for i in 0..CALLS {
+                let (status, a) = post(
+                    format!("{}/v1/call/increment", server.url),
+                    &format!(r#"{{"path": "cut/k{i}"}}"#),
+                    Some(&format!("cut-{i}")),
+                )
+                .await;
+                assert_eq!(status, 200, "{a}");
+                assert_eq!(a["result"], json!(1), "round {round}, call {i}: {a}");
+            }
+        }
+        let (_, v) = get(format!("{}/v1/data/cut", server.url)).await;
+        let counts = v.as_object().unwrap();
+        assert_eq!(counts.len(), CALLS);
+        assert!(counts.values().all(|c| *c == json!(1)), "{v}");
+    });
+}
