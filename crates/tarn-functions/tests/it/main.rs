@@ -23,9 +23,34 @@ fn limits() -> FunctionLimits {
 }
 
 fn open(dir: tempfile::TempDir) -> Fixture {
+    open_with(dir, limits())
+}
+
+fn open_with(dir: tempfile::TempDir, limits: FunctionLimits) -> Fixture {
     let db = Arc::new(Db::open(dir.path(), StoreOptions::default()).unwrap());
-    let functions = Functions::open(Arc::clone(&db), limits()).unwrap();
+    let functions = Functions::open(Arc::clone(&db), limits).unwrap();
     Fixture { dir, db, functions }
+}
+
+/// A retention short enough for a test to see outcomes expire.
+fn short_retention() -> FunctionLimits {
+    FunctionLimits {
+        engines: 1,
+        outcome_retention: Duration::from_millis(50),
+        ..FunctionLimits::default()
+    }
+}
+
+/// Waits (polling, with a deadline) until nothing is at `path`.
+fn wait_until_absent(f: &Fixture, path: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(f, path) != Value::Null {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never went away"
+        );
+        std::thread::yield_now();
+    }
 }
 
 fn fixture(source: &str) -> Fixture {
@@ -460,30 +485,11 @@ fn escapes_from_the_sandbox_are_closed() {
 
 #[test]
 fn outcomes_expire_after_the_retention_and_the_id_runs_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open(dir.path(), StoreOptions::default()).unwrap());
-    let functions = Functions::open(
-        Arc::clone(&db),
-        FunctionLimits {
-            engines: 1,
-            outcome_retention: Duration::from_millis(50),
-            ..FunctionLimits::default()
-        },
-    )
-    .unwrap();
-    functions.deploy(APP).unwrap();
-    let f = Fixture { dir, db, functions };
+    let f = open_with(tempfile::tempdir().unwrap(), short_retention());
+    f.functions.deploy(APP).unwrap();
     let first = call(&f, "increment", r#"{"name": "x"}"#, Some("short-lived")).unwrap();
     assert_eq!(first.result, Value::Int(1));
-    // Gone once the sweeper has passed (polled, with a deadline).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while get(&f, "$sys/calls/short-lived") != Value::Null {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outcome never expired"
-        );
-        std::thread::yield_now();
-    }
+    wait_until_absent(&f, "$sys/calls/short-lived");
     let again = call(&f, "increment", r#"{"name": "x"}"#, Some("short-lived")).unwrap();
     assert!(!again.replayed);
     assert_eq!(
@@ -501,25 +507,8 @@ fn outcomes_stored_before_a_restart_expire_too() {
     let Fixture { dir, db, functions } = f;
     functions.close();
     Arc::try_unwrap(db).ok().unwrap().close().unwrap();
-    let db = Arc::new(Db::open(dir.path(), StoreOptions::default()).unwrap());
-    let functions = Functions::open(
-        Arc::clone(&db),
-        FunctionLimits {
-            engines: 1,
-            outcome_retention: Duration::from_millis(50),
-            ..FunctionLimits::default()
-        },
-    )
-    .unwrap();
-    let f = Fixture { dir, db, functions };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while get(&f, "$sys/calls/old-one") != Value::Null {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outcome never expired"
-        );
-        std::thread::yield_now();
-    }
+    let f = open_with(dir, short_retention());
+    wait_until_absent(&f, "$sys/calls/old-one");
 }
 
 #[test]
