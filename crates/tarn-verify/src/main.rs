@@ -51,6 +51,10 @@ enum Command {
         /// Write the history here as JSON lines (for `tarn-verify check`).
         #[arg(long)]
         history: Option<PathBuf>,
+        /// Run each transaction as one server-function call (a module is
+        /// deployed first) instead of a tarn-client transaction.
+        #[arg(long)]
+        functions: bool,
     },
     /// Check a history written by `run --history`.
     Check {
@@ -114,6 +118,7 @@ fn main() -> Result<()> {
             seed,
             server_bin,
             history,
+            functions,
         } => {
             let faults = faults
                 .into_iter()
@@ -134,6 +139,7 @@ fn main() -> Result<()> {
                 fault_interval,
                 seed,
                 server_bin,
+                functions,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 ..RunOptions::default()
             };

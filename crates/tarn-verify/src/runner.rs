@@ -77,6 +77,11 @@ pub struct RunOptions {
     pub op_timeout: Duration,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Run each transaction as one call of a server function (the module
+    /// [`workload::MODULE`], deployed at the start) instead of a
+    /// tarn-client transaction: the server runs, commits and reruns it,
+    /// and answers each call id once.
+    pub functions: bool,
 }
 
 impl Default for RunOptions {
@@ -93,6 +98,7 @@ impl Default for RunOptions {
             data_dir: None,
             op_timeout: Duration::from_secs(20),
             progress: false,
+            functions: false,
         }
     }
 }
@@ -288,7 +294,15 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     };
     server.start().await?;
     let url = format!("ws://{}/v1/ws", server.addr);
-    let result = drive(&options, &mut server, &url).await;
+    let deployed = if options.functions {
+        workload::deploy(server.addr).await
+    } else {
+        Ok(())
+    };
+    let result = match deployed {
+        Ok(()) => drive(&options, &mut server, &url).await,
+        Err(e) => Err(e),
+    };
     let stopped = server.stop().await;
     if result.is_err() || stopped.is_err() {
         // Keep the server's log and data for whoever reads the error.
@@ -337,6 +351,7 @@ async fn drive(options: &RunOptions, server: &mut Server, url: &str) -> Result<R
             Arc::clone(&done_ops),
         );
         let (seed, timeout, clients) = (options.seed, options.op_timeout, options.clients as u64);
+        let functions = options.functions;
         processes.push(tokio::spawn(async move {
             let mut generator = Generator::new(workload, seed ^ (p as u64 + 1) << 32, shared);
             let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(p as u64));
@@ -348,11 +363,15 @@ async fn drive(options: &RunOptions, server: &mut Server, url: &str) -> Result<R
                     .load(Ordering::Relaxed)
                     .then(|| Duration::from_millis(rng.random_range(5..60)));
                 let id = recorder.invoke(process, mops.clone());
-                let result = tokio::time::timeout(
-                    timeout,
-                    workload::execute(&client, workload, &mops, pause),
-                )
-                .await;
+                let result = if functions {
+                    tokio::time::timeout(timeout, workload::call(&client, workload, &mops)).await
+                } else {
+                    tokio::time::timeout(
+                        timeout,
+                        workload::execute(&client, workload, &mops, pause),
+                    )
+                    .await
+                };
                 let outcome = match result {
                     Ok(Ok(done)) => {
                         recorder.complete(id, Outcome::Ok, Some(done), None);

@@ -177,6 +177,96 @@ pub async fn execute(
         .await
 }
 
+/// The module of a run with `functions`: `txn` runs a transaction's
+/// micro-operations as [`execute`] does, and returns what each read saw.
+pub const MODULE: &str = r#"
+export function txn(ctx, { mops }) {
+  const seen = [];
+  for (const m of mops) {
+    if (m.op === "read") {
+      seen.push(ctx.get(m.path));
+    } else if (m.op === "append") {
+      const list = ctx.get(m.path) ?? [];
+      if (!Array.isArray(list)) throw new Error(`${m.path} holds ${JSON.stringify(list)}, not a list`);
+      list.push(m.value);
+      ctx.set(m.path, list);
+      seen.push(null);
+    } else {
+      ctx.set(m.path, m.value);
+      seen.push(null);
+    }
+  }
+  return seen;
+}
+"#;
+
+/// Deploys [`MODULE`] on the server at `addr` (`PUT /v1/module`, over a
+/// plain HTTP/1.1 connection).
+pub async fn deploy(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "PUT /v1/module HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{MODULE}",
+        MODULE.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "deploying the verify module: {answer}"
+    );
+    Ok(())
+}
+
+/// Runs `mops` as one call of [`MODULE`]'s `txn` through `client` (the
+/// server reruns it on conflict; tarn-client resends it with its call id
+/// after a reconnect); returns the micro-operations with what the reads of
+/// the run that committed saw.
+pub async fn call(client: &Client, workload: Workload, mops: &[Mop]) -> Result<Vec<Mop>, Error> {
+    let obj = |pairs: Vec<(&str, Value)>| {
+        Value::Object(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    };
+    let wire: Vec<Value> = mops
+        .iter()
+        .map(|m| {
+            let path = Value::str(&path(workload, m.key()));
+            match m {
+                Mop::Read { .. } => obj(vec![("op", Value::str("read")), ("path", path)]),
+                Mop::Append { value, .. } => obj(vec![
+                    ("op", Value::str("append")),
+                    ("path", path),
+                    ("value", Value::Int(*value)),
+                ]),
+                Mop::Write { value, .. } => obj(vec![
+                    ("op", Value::str("write")),
+                    ("path", path),
+                    ("value", Value::Int(*value)),
+                ]),
+            }
+        })
+        .collect();
+    let answer = client
+        .call("txn", obj(vec![("mops", Value::Array(wire.into()))]))
+        .await?;
+    let Value::Array(seen) = answer.value else {
+        return Err(Error::Aborted(format!(
+            "txn returned {:?}, not a list",
+            answer.value
+        )));
+    };
+    mops.iter()
+        .zip(seen.iter())
+        .map(|(m, value)| match m {
+            Mop::Read { key, .. } => Ok(Mop::Read {
+                key: *key,
+                value: observe(workload, value).map_err(Error::Aborted)?,
+            }),
+            other => Ok(other.clone()),
+        })
+        .collect()
+}
+
 /// How a transaction that returned `error` ended: `fail` only when it
 /// certainly did not commit (refused or rejected), else `info`.
 pub fn outcome_of(error: &Error) -> Outcome {
@@ -194,7 +284,15 @@ pub fn outcome_of(error: &Error) -> Outcome {
             | ErrorCode::BadRequest
             | ErrorCode::BadPath
             | ErrorCode::BadValue
-            | ErrorCode::TooLarge => Outcome::Fail,
+            | ErrorCode::TooLarge
+            // A function that failed committed none of its writes (only
+            // its outcome, when it has a call id).
+            | ErrorCode::FunctionError
+            | ErrorCode::Timeout
+            | ErrorCode::OutOfMemory
+            | ErrorCode::StackOverflow
+            | ErrorCode::NoModule
+            | ErrorCode::UnknownFunction => Outcome::Fail,
             // `rate_limited` can answer a resent commit before the server
             // looks up its id, and `bad_transaction` carries "out of
             // order" for a resent id older than the outcomes kept: either

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tarn_verify::Workload;
 use tarn_verify::runner::{Fault, RunOptions, run};
 
-fn options(workload: Workload, seed: u64) -> RunOptions {
+fn options_with(workload: Workload, seed: u64, functions: bool) -> RunOptions {
     RunOptions {
         workload,
         clients: 8,
@@ -19,11 +19,16 @@ fn options(workload: Workload, seed: u64) -> RunOptions {
         fault_interval: Duration::from_millis(1500),
         seed,
         server_bin: Some(env!("CARGO_BIN_EXE_tarn-verify").into()),
+        functions,
         ..RunOptions::default()
     }
 }
 
 fn verify(workload: Workload, seed: u64) {
+    verify_with(workload, seed, false);
+}
+
+fn verify_with(workload: Workload, seed: u64, functions: bool) {
     // The run's future is large in debug builds and its polls are deep: on
     // a test thread's 2 MiB stack it overflowed once in a few hundred
     // runs. The run gets a thread of its own, with room (the `tarn-verify`
@@ -37,7 +42,7 @@ fn verify(workload: Workload, seed: u64) {
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            runtime.block_on(Box::pin(run(options(workload, seed))))
+            runtime.block_on(Box::pin(run(options_with(workload, seed, functions))))
         })
         .expect("a thread for the run")
         .join()
@@ -81,4 +86,12 @@ fn list_append_with_faults_seed_2() {
 #[test]
 fn rw_register_with_faults_seed_3() {
     verify(Workload::RwRegister, 3);
+}
+
+/// The same history checks with every transaction a server-function call:
+/// serializable, no lost or doubled call across kill -9, pauses and
+/// restarts (tarn-client resends unanswered calls with their ids).
+#[test]
+fn list_append_through_functions_with_faults_seed_5() {
+    verify_with(Workload::ListAppend, 5, true);
 }
