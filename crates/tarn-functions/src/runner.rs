@@ -259,7 +259,7 @@ impl Functions {
         let shared = &self.shared;
         let _one_at_a_time = shared.deploying.lock().unwrap_or_else(|p| p.into_inner());
         let len = serde_json::to_string(source).map_or(usize::MAX, |s| s.len());
-        let max = self.max_value_bytes();
+        let max = shared.env.max_value_bytes;
         if len > max {
             return Err(DeployError::TooLarge { len, max });
         }
@@ -329,14 +329,6 @@ impl Functions {
             functions.join(", ")
         );
         Ok(Deployed { version, functions })
-    }
-
-    fn max_value_bytes(&self) -> usize {
-        self.shared
-            .env
-            .db
-            .peek(|e| e.config().values.max_value_bytes)
-            .map_or(usize::MAX, |(m, _)| m)
     }
 
     /// The module being served.
@@ -550,6 +542,54 @@ fn fresh_call_id() -> String {
     format!("~{}.{n}", wall_ms())
 }
 
+/// What a call id's outcome path holds: the stored outcome, as the
+/// answer, or the version of its absence, for the transaction's read.
+enum Stored {
+    Answer(Done),
+    Absent(Time),
+}
+
+fn stored(shared: &Shared, at: &Path, call: &Call) -> Result<Stored, CallError> {
+    let (observed, lsn) = shared
+        .env
+        .db
+        .peek(|e| e.store().get(at))
+        .map_err(|e| CallError::Unavailable(e.to_string()))?;
+    Ok(match observed.value {
+        Some(outcome) => Stored::Answer(replay(&outcome, observed.seen, lsn, call)),
+        None => Stored::Absent(observed.seen),
+    })
+}
+
+/// After a conflict: the outcome of a run of the same id that overtook
+/// this one, or another run (after the backoff, with the outcome path's
+/// version read again), or `conflict` past `max_reruns`.
+enum Next {
+    Answer(Done),
+    Rerun(Time),
+    GiveUp,
+}
+
+fn after_conflict(
+    shared: &Shared,
+    at: Option<&Path>,
+    call: &Call,
+    seed: &str,
+    reruns: &mut u32,
+) -> Result<Next, CallError> {
+    let gave_up = *reruns >= shared.limits.max_reruns;
+    if !gave_up {
+        *reruns += 1;
+        backoff(seed, *reruns);
+    }
+    Ok(match at.map(|at| stored(shared, at, call)).transpose()? {
+        Some(Stored::Answer(done)) => Next::Answer(done),
+        _ if gave_up => Next::GiveUp,
+        Some(Stored::Absent(seen)) => Next::Rerun(seen),
+        None => Next::Rerun(Time::ZERO),
+    })
+}
+
 fn run_call(
     shared: &Shared,
     sandbox: Option<&mut Sandbox>,
@@ -564,12 +604,13 @@ fn run_call(
     };
     // A call that already ran is answered even if the module changed
     // since (or this engine cannot run anything).
-    if let Some(at) = &outcome_at {
-        let (observed, lsn) = db.peek(|e| e.store().get(at)).map_err(unavailable)?;
-        if let Some(stored) = observed.value {
-            return Ok(replay(&stored, observed.seen, lsn, call));
-        }
-    }
+    let mut outcome_seen = match &outcome_at {
+        Some(at) => match stored(shared, at, call)? {
+            Stored::Answer(done) => return Ok(done),
+            Stored::Absent(seen) => seen,
+        },
+        None => Time::ZERO,
+    };
     let module = shared.module().ok_or(CallError::NoModule)?;
     if !module.functions.contains(&call.function) {
         return Err(CallError::UnknownFunction {
@@ -587,14 +628,6 @@ fn run_call(
     let started = Instant::now();
     let mut reruns = 0u32;
     loop {
-        let mut outcome_seen = Time::ZERO;
-        if let Some(at) = &outcome_at {
-            let (observed, lsn) = db.peek(|e| e.store().get(at)).map_err(unavailable)?;
-            if let Some(stored) = observed.value {
-                return Ok(replay(&stored, observed.seen, lsn, call));
-            }
-            outcome_seen = observed.seen;
-        }
         let RunOutput { result, buffer } = sandbox.run(
             env,
             &RunCall {
@@ -622,16 +655,17 @@ fn run_call(
         }
         // The result must fit in one stored value as JSON text, whether or
         // not this call stores it: the same call answers the same way with
-        // and without an id.
+        // and without an id. The text is what an outcome stores.
         let result = result.and_then(|v| {
-            let len = stored_len(&v);
+            let json = serde_json::to_string(&v).unwrap_or_else(|_| "null".into());
+            let len = stored_len(&json);
             if len > env.max_value_bytes {
                 Err(CallError::BadReturn(format!(
                     "the return value is {len} bytes as stored JSON text; the limit is {} (limits.max_value_bytes)",
                     env.max_value_bytes
                 )))
             } else {
-                Ok(v)
+                Ok((v, json))
             }
         });
         let mut txn = if result.is_ok() {
@@ -643,9 +677,13 @@ fn run_call(
             txn.reads.push(Read::value(at.clone(), outcome_seen));
             txn.writes.push(Write::Set {
                 path: at.clone(),
-                value: outcome_record(&call.function, &result),
+                value: outcome_record(
+                    &call.function,
+                    result.as_ref().map(|(_, json)| json.as_str()),
+                ),
             });
         }
+        let result = result.map(|(v, _)| v);
         // For a stored failure, if the writes turn out not to commit.
         let reads = outcome_at.as_ref().map(|_| txn.reads.clone());
         match db.submit(txn) {
@@ -671,20 +709,6 @@ fn run_call(
                         "unexpected rejection: {rejection}"
                     )));
                 }
-                if reruns >= shared.limits.max_reruns {
-                    // A run of the same id may be what overtook this one.
-                    if let Some(at) = &outcome_at {
-                        let (observed, lsn) =
-                            db.peek(|e| e.store().get(at)).map_err(unavailable)?;
-                        if let Some(stored) = observed.value {
-                            return Ok(replay(&stored, observed.seen, lsn, call));
-                        }
-                    }
-                    shared.stats.record(sample(true, reruns));
-                    return Err(CallError::Contention { reruns });
-                }
-                reruns += 1;
-                backoff(&seed, reruns);
             }
             Err(CommitError::Txn(TxnError::Invalid(invalid))) => {
                 let error = CallError::BadWrites(invalid.to_string());
@@ -693,50 +717,46 @@ fn run_call(
                     return Err(error);
                 };
                 // The writes cannot be committed: record that as the
-                // outcome, so a retry gets the same answer.
-                let failed = Err(error);
+                // outcome, so a retry gets the same answer; with the run's
+                // reads, so the failure is of a consistent view.
                 let txn = Txn::new(
                     reads.unwrap_or_default(),
                     vec![Write::Set {
                         path: at.clone(),
-                        value: outcome_record(&call.function, &failed),
+                        value: outcome_record(&call.function, Err(&error)),
                     }],
                 );
-                return match db.submit(txn) {
+                match db.submit(txn) {
                     Ok(pending) => {
                         shared.stats.record(sample(true, reruns));
                         if let Some(id) = &call.call_id {
                             remember_outcome(shared, pending.commit.time.ms, id);
                         }
-                        Ok(Done {
-                            outcome: failed.clone(),
+                        return Ok(Done {
+                            outcome: Err(error),
                             time: Some(pending.commit.time),
                             lsn: pending.lsn,
                             reruns,
                             replayed: false,
                             watched: !pending.commit.deliveries.is_empty(),
-                        })
+                        });
                     }
-                    // Overtaken: by a run of the same id (its outcome is the
-                    // answer), or by a write to what the run read (run it
-                    // again).
-                    Err(CommitError::Txn(TxnError::Rejected(_))) => {
-                        let (observed, lsn) =
-                            db.peek(|e| e.store().get(at)).map_err(unavailable)?;
-                        if let Some(stored) = observed.value {
-                            return Ok(replay(&stored, observed.seen, lsn, call));
-                        }
-                        if reruns >= shared.limits.max_reruns {
-                            return Err(CallError::Contention { reruns });
-                        }
-                        reruns += 1;
-                        backoff(&seed, reruns);
-                        continue;
-                    }
-                    Err(e) => Err(CallError::Unavailable(e.to_string())),
-                };
+                    // Overtaken: by a run of the same id (its outcome is
+                    // the answer), or by a write to what the run read.
+                    Err(CommitError::Txn(TxnError::Rejected(_))) => {}
+                    Err(e) => return Err(CallError::Unavailable(e.to_string())),
+                }
             }
             Err(CommitError::Store(e)) => return Err(unavailable(e)),
+        }
+        // Every way here is a conflict.
+        match after_conflict(shared, outcome_at.as_ref(), call, &seed, &mut reruns)? {
+            Next::Answer(done) => return Ok(done),
+            Next::Rerun(seen) => outcome_seen = seen,
+            Next::GiveUp => {
+                shared.stats.record(sample(true, reruns));
+                return Err(CallError::Contention { reruns });
+            }
         }
     }
 }
@@ -802,15 +822,9 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 /// `{fn, error: {code, message}}`. The result is kept as text so that
 /// `null`, `{}` and arrays round-trip exactly (an empty object would be
 /// absent in the tree).
-fn outcome_record(function: &str, result: &Result<Value, CallError>) -> Value {
+fn outcome_record(function: &str, result: Result<&str, &CallError>) -> Value {
     match result {
-        Ok(value) => obj(&[
-            ("fn", Value::str(function)),
-            (
-                "ok",
-                Value::str(&serde_json::to_string(value).unwrap_or_else(|_| "null".into())),
-            ),
-        ]),
+        Ok(json) => obj(&[("fn", Value::str(function)), ("ok", Value::str(json))]),
         Err(e) => obj(&[
             ("fn", Value::str(function)),
             (
@@ -824,10 +838,9 @@ fn outcome_record(function: &str, result: &Result<Value, CallError>) -> Value {
     }
 }
 
-/// The length of `v` as JSON text inside a JSON string (quotes and
-/// escapes included): what its stored outcome's `ok` takes.
-fn stored_len(v: &Value) -> usize {
-    let json = serde_json::to_string(v).unwrap_or_default();
+/// The length of `json` stored as a JSON string (quotes and escapes
+/// included): what a stored outcome's `ok` takes.
+fn stored_len(json: &str) -> usize {
     json.len() + 2 + json.bytes().filter(|b| *b == b'"' || *b == b'\\').count()
 }
 

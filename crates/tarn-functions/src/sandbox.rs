@@ -434,28 +434,21 @@ impl Sandbox {
 
     /// Runs one call on a fresh instance of the module.
     pub fn run(&mut self, env: &Arc<Env>, call: &RunCall<'_>) -> RunOutput {
-        let ns = match self.next.take() {
-            Some(ns) => ns,
-            None => {
-                if let Err(e) = self.prepare() {
-                    self.poisoned = true;
-                    return RunOutput {
-                        result: Err(CallError::Internal(format!(
-                            "making a fresh instance of the module failed: {e}"
-                        ))),
-                        buffer: Buffer::default(),
-                    };
-                }
-                match self.next.take() {
-                    Some(ns) => ns,
-                    None => {
-                        return RunOutput {
-                            result: Err(CallError::Internal("no module instance".into())),
-                            buffer: Buffer::default(),
-                        };
-                    }
-                }
-            }
+        // Made after the previous call; made now if that failed.
+        if let Err(e) = self.prepare() {
+            self.poisoned = true;
+            return RunOutput {
+                result: Err(CallError::Internal(format!(
+                    "making a fresh instance of the module failed: {e}"
+                ))),
+                buffer: Buffer::default(),
+            };
+        }
+        let Some(ns) = self.next.take() else {
+            return RunOutput {
+                result: Err(CallError::Internal("no module instance".into())),
+                buffer: Buffer::default(),
+            };
         };
         self.runs += 1;
         let run = self.runs;

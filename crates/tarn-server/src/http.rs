@@ -403,10 +403,7 @@ async fn get_module(State(app): State<Arc<App>>) -> HttpResponse {
             source: Some(m.source.to_string()),
         })
         .into_response(),
-        None => fail(ErrorBody::new(
-            ErrorCode::NoModule,
-            "no module is deployed: deploy one with `tarn deploy app.js`",
-        )),
+        None => fail(convert::call_error(&tarn_functions::CallError::NoModule)),
     }
 }
 

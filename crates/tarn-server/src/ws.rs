@@ -411,16 +411,22 @@ impl Session {
             }
         };
         let txn = convert::txn_with_id(reads, writes, txn_id, depends_on, &self.app.paths)?;
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return Err(ErrorBody::new(
+        let permit = self.in_flight_slot()?;
+        Ok(Prepared { id, txn, permit })
+    }
+
+    /// One of the connection's in-flight slots, shared by commits and
+    /// calls; held until the answer is queued.
+    fn in_flight_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ErrorBody> {
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            ErrorBody::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "{} commits are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
+                    "{} commits and calls are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
                     self.app.config.limits.max_in_flight_per_connection
                 ),
-            ));
-        };
-        Ok(Prepared { id, txn, permit })
+            )
+        })
     }
 
     /// Decides the prepared commits in order under one lock and hands
@@ -586,15 +592,7 @@ impl Session {
         args: WireValue,
         call_id: Option<String>,
     ) -> Result<(), ErrorBody> {
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return Err(ErrorBody::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "{} requests are in flight on this connection (limits.max_in_flight_per_connection); wait for answers",
-                    self.app.config.limits.max_in_flight_per_connection
-                ),
-            ));
-        };
+        let permit = self.in_flight_slot()?;
         let functions = Arc::clone(&self.app.functions);
         let hub = Arc::clone(&self.app.hub);
         let outbox = Arc::clone(&self.outbox);
