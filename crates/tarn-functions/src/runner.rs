@@ -151,7 +151,16 @@ struct Shared {
     /// Stored outcomes by commit time (ms), oldest first: what the
     /// sweeper deletes once past the retention.
     outcomes: Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// Every run holds it shared, from the run to its commit decision; a
+    /// call overtaken [`ALONE_AFTER`] times in a row holds it alone, so
+    /// that no other function call can overtake it again. Without it, a
+    /// run slower than its peers (a loaded machine, a preempted thread)
+    /// can lose to them until `max_reruns`.
+    gate: parking_lot::RwLock<()>,
 }
+
+/// Reruns after which a call runs alone (see [`Shared::gate`]).
+const ALONE_AFTER: u32 = 3;
 
 impl Shared {
     fn module(&self) -> Option<Arc<Compiled>> {
@@ -206,6 +215,7 @@ impl Functions {
             stats: Stats::default(),
             deploying: Mutex::new(()),
             outcomes: Mutex::new(std::collections::VecDeque::new()),
+            gate: parking_lot::RwLock::new(()),
         });
         load_outcomes(&shared)?;
         let stored = load_module(&shared)?;
@@ -628,6 +638,11 @@ fn run_call(
     let started = Instant::now();
     let mut reruns = 0u32;
     loop {
+        let turn = if reruns >= ALONE_AFTER {
+            (None, Some(shared.gate.write()))
+        } else {
+            (Some(shared.gate.read()), None)
+        };
         let RunOutput { result, buffer } = sandbox.run(
             env,
             &RunCall {
@@ -749,7 +764,8 @@ fn run_call(
             }
             Err(CommitError::Store(e)) => return Err(unavailable(e)),
         }
-        // Every way here is a conflict.
+        // Every way here is a conflict. Others run during the pause.
+        drop(turn);
         match after_conflict(shared, outcome_at.as_ref(), call, &seed, &mut reruns)? {
             Next::Answer(done) => return Ok(done),
             Next::Rerun(seen) => outcome_seen = seen,

@@ -90,6 +90,14 @@ export function increment(ctx, args) {
   return n + 1;
 }
 
+export function slowIncrement(ctx, args) {
+  const n = ctx.get(`counters/${args.name}`) ?? 0;
+  let x = 0;
+  for (let i = 0; i < args.spin; i++) x = (x + i) % 1000;
+  ctx.set(`counters/${args.name}`, n + 1);
+  return x;
+}
+
 export function transfer(ctx, { from, to, amount }) {
   const a = ctx.get(`accounts/${from}`);
   const b = ctx.get(`accounts/${to}`);
@@ -194,6 +202,55 @@ fn concurrent_increments_are_serializable_and_rerun_on_conflict() {
     assert!((inc.reruns_per_call * 400.0 - f64::from(reruns)).abs() < 1e-6);
     assert!((inc.mean_reads, inc.mean_writes) == (1.0, 1.0));
     assert!(inc.p99_us > 0 && inc.mean_us > 0.0);
+}
+
+#[test]
+fn a_slow_call_is_not_starved_by_fast_ones_on_the_same_data() {
+    // Three callers increment a counter as fast as they can while one
+    // call reads it, spins for milliseconds, and writes it: every run of
+    // the slow call is overtaken, until it runs alone.
+    let f = Arc::new(open_with(
+        tempfile::tempdir().unwrap(),
+        FunctionLimits {
+            engines: 4,
+            timeout: Duration::from_secs(10),
+            ..FunctionLimits::default()
+        },
+    ));
+    f.functions.deploy(APP).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fast: Vec<_> = (0..3)
+        .map(|_| {
+            let (f, done) = (Arc::clone(&f), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut calls = 0i64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    call(&f, "increment", r#"{"name": "hot"}"#, None).unwrap();
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    // Let the fast callers get going before the slow call starts.
+    while get(&f, "counters/hot") == Value::Null {
+        std::thread::yield_now();
+    }
+    let slow = call(
+        &f,
+        "slowIncrement",
+        r#"{"name": "hot", "spin": 300000}"#,
+        None,
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fast: i64 = fast.into_iter().map(|t| t.join().unwrap()).sum();
+    let slow = slow.expect("the slow call commits");
+    assert!(
+        (1..=3).contains(&slow.reruns),
+        "overtaken while others ran, then alone at its third rerun: {} reruns",
+        slow.reruns
+    );
+    assert_eq!(get(&f, "counters/hot"), Value::Int(fast + 1));
 }
 
 #[test]
