@@ -30,10 +30,14 @@
 //!
 //! let client = Client::connect(&url, Options::default()).await?;
 //! let mut lobby = client.watch_subtree("rooms/lobby").await?;
+//! // The first update is the server's value when the watch began.
+//! let initial = lobby.next().await.expect("the initial value");
+//! assert_eq!(initial.get("topic"), &Value::Null);
 //! client.set("rooms/lobby/topic", Value::str("hello")).await?;
 //! // The watch shows the predicted write, then its confirmation.
 //! let update = lobby.next().await.expect("an update");
 //! assert_eq!(update.get("topic"), &Value::str("hello"));
+//! assert!(update.predicted);
 //! # Ok(()) }
 //! ```
 //!
