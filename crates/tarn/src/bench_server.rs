@@ -166,7 +166,9 @@ pub(crate) enum Until {
 impl Until {
     pub(crate) fn more(self, sent: u64) -> bool {
         match self {
-            Until::Deadline(at) => Instant::now() < at,
+            // At least one pack, so that a figure is never of nothing
+            // (a connection can open after a short deadline).
+            Until::Deadline(at) => sent == 0 || Instant::now() < at,
             Until::Count(n) => sent < n,
         }
     }

@@ -123,14 +123,16 @@ fn commits(
         .map(|paths| {
             let (db, stop, done) = (Arc::clone(&db), Arc::clone(&stop), Arc::clone(&done));
             std::thread::spawn(move || -> Result<()> {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                // At least one commit each, however late the thread starts.
+                for i in 0usize.. {
                     db.commit(Txn::set(
                         paths[i % paths.len()].clone(),
                         Value::Int(i as i64),
                     ))?;
                     done.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                 }
                 Ok(())
             })

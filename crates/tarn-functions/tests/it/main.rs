@@ -245,11 +245,9 @@ fn a_slow_call_is_not_starved_by_fast_ones_on_the_same_data() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let fast: i64 = fast.into_iter().map(|t| t.join().unwrap()).sum();
     let slow = slow.expect("the slow call commits");
-    assert!(
-        (1..=3).contains(&slow.reruns),
-        "overtaken while others ran, then alone at its third rerun: {} reruns",
-        slow.reruns
-    );
+    // Alone from its third rerun, nothing overtakes it again. (Without the
+    // gate, this call gave up with `Contention { reruns: 16 }`.)
+    assert!(slow.reruns <= 3, "{} reruns", slow.reruns);
     assert_eq!(get(&f, "counters/hot"), Value::Int(fast + 1));
 }
 

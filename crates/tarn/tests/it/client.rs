@@ -32,6 +32,16 @@ async fn next(w: &mut tarn_client::Watch) -> Update {
         .expect("the watch is open")
 }
 
+/// Options for clients that contend on purpose: these tests check exact
+/// totals, not how soon a transaction gives up (`max_attempts`, 64 by
+/// default), which a loaded machine can reach.
+fn contended() -> Options {
+    Options {
+        max_attempts: 100_000,
+        ..Options::default()
+    }
+}
+
 async fn increment(client: &Client, path: &'static str) -> i64 {
     client
         .transact(move |tx| {
@@ -51,9 +61,7 @@ fn concurrent_increments_through_transact_are_exact() {
     rt().block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let client = Client::connect(&server.url, Options::default())
-                .await
-                .unwrap();
+            let client = Client::connect(&server.url, contended()).await.unwrap();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..500 {
                     increment(&client, "counter").await;
@@ -95,9 +103,7 @@ fn transfers_keep_the_total_in_every_snapshot() {
         assert_eq!(total(&first.value), 100 * ACCOUNTS);
         let mut tasks = Vec::new();
         for c in 0..4u64 {
-            let client = Client::connect(&server.url, Options::default())
-                .await
-                .unwrap();
+            let client = Client::connect(&server.url, contended()).await.unwrap();
             tasks.push(tokio::spawn(async move {
                 let mut seed = c * 7919 + 1;
                 for _ in 0..100 {
@@ -132,9 +138,7 @@ fn transfers_keep_the_total_in_every_snapshot() {
             }));
             // Snapshots read in transactions see the total too.
         }
-        let reader = Client::connect(&server.url, Options::default())
-            .await
-            .unwrap();
+        let reader = Client::connect(&server.url, contended()).await.unwrap();
         for round in 0..20 {
             let sum = reader
                 .transact(|tx| {
